@@ -1,0 +1,12 @@
+"""radengine's ops: each module is the one place that chooses a backend for its op.
+
+See radengine/ops/_dispatch.py for the selection rules and RADENGINE_BACKEND.
+"""
+
+from radengine.ops import hu_window as _hu_window_module
+from radengine.ops.hu_window import NAMED_WINDOWS, WindowSpec, hu_window, reference_hu_window
+
+# op name -> backend table, for `radengine info` and the benchmarks.
+OPS = {"hu_window": _hu_window_module.IMPLS}
+
+__all__ = ["NAMED_WINDOWS", "OPS", "WindowSpec", "hu_window", "reference_hu_window"]

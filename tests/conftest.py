@@ -1,0 +1,22 @@
+"""Test-wide setup. Triton kernels run on CPU tensors under its interpreter when no GPU is
+present; TRITON_INTERPRET must be set before triton is first imported."""
+
+import os
+import random
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def gen(request) -> torch.Generator:
+    """A generator with a fresh seed per test (printed on failure, to replay it)."""
+    seed = random.SystemRandom().randrange(2**31)
+    request.node.user_properties.append(("seed", seed))
+    print(f"random seed: {seed}")
+    return torch.Generator().manual_seed(seed)
