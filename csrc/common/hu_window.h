@@ -39,7 +39,9 @@ struct HuWindowParams {
 RE_HD float hu_window_value(float x, float lo, float inv_width, float out_scale,
                             float out_shift) {
   float y = (x - lo) * inv_width;
-  y = y < 0.f ? 0.f : (y > 1.f ? 1.f : y);
+  // Two selects in this order if-convert to max/min, so the CPU loops vectorise.
+  y = y > 0.f ? y : 0.f;
+  y = y < 1.f ? y : 1.f;
   return y * out_scale + out_shift;
 }
 

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/convert.h"
@@ -16,6 +17,8 @@
 
 namespace radengine::cpu {
 namespace {
+
+constexpr int64_t kChunk = 256;
 
 // Each image's (min, max), reduced over rows so one large image still uses every thread.
 std::vector<int32_t> image_ranges(const int16_t* x, int64_t B, int64_t H, int64_t W,
@@ -75,9 +78,21 @@ void run(const int16_t* x, T* out, int64_t B, int64_t H, int64_t W, const int64_
       for (int c = 0; c < C; ++c) {
         T* o = orow + c * os[1];
         const float l = lo[c], iw = inv[c], s = p.out_scale[c], t = p.out_shift[c];
-#pragma omp simd
-        for (int64_t w = 0; w < W; ++w) {
-          store(o + w, hu_window_value(static_cast<float>(xr[w]), l, iw, s, t));
+        if constexpr (std::is_same_v<T, float>) {
+          for (int64_t w = 0; w < W; ++w) {
+            o[w] = hu_window_value(static_cast<float>(xr[w]), l, iw, s, t);
+          }
+          continue;
+        }
+        // Two vectorised loops over an L1-resident chunk: GCC will not vectorise the
+        // int16 -> fp32 -> fp16 chain in one loop (mixed lane widths).
+        float buf[kChunk];
+        for (int64_t w0 = 0; w0 < W; w0 += kChunk) {
+          const int64_t n = std::min<int64_t>(kChunk, W - w0);
+          for (int64_t k = 0; k < n; ++k) {
+            buf[k] = hu_window_value(static_cast<float>(xr[w0 + k]), l, iw, s, t);
+          }
+          for (int64_t k = 0; k < n; ++k) store(o + w0 + k, buf[k]);
         }
       }
     } else if (nhwc) {

@@ -72,11 +72,13 @@ def unavailable_reason(backend: str, device_type: str) -> str | None:
     if backend == "triton":
         if (err := _triton_import_error()) is not None:
             return err
-        if device_type == "cpu" and not _triton_interpret():
-            return "triton on CPU tensors needs TRITON_INTERPRET=1 (an interpreter, for tests)"
-        if device_type not in ("cpu", "cuda"):
-            return f"triton does not run on {device_type} tensors"
-        return None
+        if device_type == "cpu":
+            if not _triton_interpret():
+                return "triton on CPU tensors needs TRITON_INTERPRET=1 (an interpreter, for tests)"
+            return None
+        if device_type == "cuda":
+            return _cuda_device_error()
+        return f"triton does not run on {device_type} tensors"
     return f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}"
 
 
@@ -104,12 +106,20 @@ def select(
         if (why := unavailable_reason(name, device.type)) is not None:
             raise BackendUnavailableError(f"{op}: backend {name!r} requested but {why}")
         return name, impls[name]
-    for name in DEFAULT_ORDER.get(device.type, ("reference",)):
-        if name in impls and unavailable_reason(name, device.type) is None:
-            return name, impls[name]
-    return "reference", impls["reference"]
+    name = default_backend(impls, device.type)
+    return name, impls[name]
+
+
+def default_backend(impls: Mapping[str, Callable], device_type: str) -> str:
+    """The backend that runs for ``device_type`` tensors when none is forced."""
+    for name in DEFAULT_ORDER.get(device_type, ()):
+        if name in impls and unavailable_reason(name, device_type) is None:
+            return name
+    return "reference"
 
 
 def status(impls: Mapping[str, Callable], device_type: str) -> dict[str, str | None]:
-    """For ``radengine info``: each backend of an op and why it cannot run (None = it can)."""
-    return {name: unavailable_reason(name, device_type) for name in impls}
+    """For ``radengine info``: the op's backends that can take ``device_type`` tensors, each
+    with why it cannot run now (None = it can)."""
+    relevant = (*DEFAULT_ORDER.get(device_type, ()), "triton")
+    return {n: unavailable_reason(n, device_type) for n in impls if n in relevant}
