@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/convert.h"
+#include "cpu/memory.h"
 #include "cpu/parallel.h"
 
 namespace radengine::cpu {
@@ -59,6 +60,9 @@ void run(const int16_t* x, T* out, int64_t B, int64_t H, int64_t W, const int64_
   if (p.per_image_minmax) ranges = image_ranges(x, B, H, W, xs, num_threads);
   const bool nchw = xs[2] == 1 && os[3] == 1;
   const bool nhwc = xs[2] == 1 && os[1] == 1 && os[3] == C;
+  const bool dense_out = (os[3] == 1 && os[2] == W && os[1] == H * W && os[0] == C * H * W) ||
+                         (os[1] == 1 && os[3] == C && os[2] == W * C && os[0] == H * W * C);
+  if (dense_out) advise_huge_pages(out, static_cast<size_t>(B * C * H * W) * sizeof(T));
 
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t r = 0; r < B * H; ++r) {
