@@ -9,6 +9,7 @@
 
 #include "cpu/hu_window.h"
 #include "cpu/parallel.h"
+#include "cpu/resize.h"
 
 namespace py = pybind11;
 using radengine::OutDType;
@@ -35,6 +36,18 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("mean"), py::arg("std"), py::arg("per_image_minmax"), py::arg("dtype"),
       py::arg("num_threads") = 0, py::call_guard<py::gil_scoped_release>(),
       "int16 (B,H,W) HU -> (B,C,H,W) windowed, normalised fp32/fp16/bf16 (element strides)");
+
+  m.def(
+      "resize",
+      [](uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C, int64_t h,
+         int64_t w, int dtype, int num_threads) {
+        radengine::cpu::resize(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(out), B,
+                               H, W, C, h, w, static_cast<OutDType>(dtype), num_threads);
+      },
+      py::arg("x"), py::arg("out"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("C"),
+      py::arg("h"), py::arg("w"), py::arg("dtype"), py::arg("num_threads") = 0,
+      py::call_guard<py::gil_scoped_release>(),
+      "contiguous (B,H,W,C) -> (B,h,w,C), antialiased bilinear; int16, uint8 or float32");
 
   m.def("openmp_threads", []() { return omp_get_max_threads(); },
         "threads an OpenMP region uses by default (1 if built without OpenMP)");

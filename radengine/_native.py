@@ -40,5 +40,5 @@ def _load(name: str) -> ModuleType | None:
 cpu: ModuleType | None = _load("_cpu")
 cuda: ModuleType | None = _load("_cuda")
 
-# Output dtype codes understood by the kernels (csrc/common/hu_window.h: OutDType).
-DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+# Dtype codes understood by the kernels (csrc/common/hu_window.h: OutDType).
+DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "int16": 3, "uint8": 4}

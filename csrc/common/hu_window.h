@@ -21,8 +21,8 @@
 
 namespace radengine {
 
-// Output dtype codes shared with Python (radengine/ops/_native.py).
-enum class OutDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// Dtype codes shared with Python (radengine/_native.py: DTYPE_CODES).
+enum class OutDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kInt16 = 3, kUInt8 = 4 };
 
 constexpr int kHuWindowMaxChannels = 16;
 

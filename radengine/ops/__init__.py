@@ -4,9 +4,19 @@ See radengine/ops/_dispatch.py for the selection rules and RADENGINE_BACKEND.
 """
 
 from radengine.ops import hu_window as _hu_window_module
+from radengine.ops import resize as _resize_module
 from radengine.ops.hu_window import NAMED_WINDOWS, WindowSpec, hu_window, reference_hu_window
+from radengine.ops.resize import reference_resize, resize
 
 # op name -> backend table, for `radengine info` and the benchmarks.
-OPS = {"hu_window": _hu_window_module.IMPLS}
+OPS = {"hu_window": _hu_window_module.IMPLS, "resize": _resize_module.IMPLS}
 
-__all__ = ["NAMED_WINDOWS", "OPS", "WindowSpec", "hu_window", "reference_hu_window"]
+__all__ = [
+    "NAMED_WINDOWS",
+    "OPS",
+    "WindowSpec",
+    "hu_window",
+    "reference_hu_window",
+    "reference_resize",
+    "resize",
+]
