@@ -1,0 +1,162 @@
+"""The store: atomic shards, resume after a crash, checksums, random and sequential
+access, and deterministic patient-level splits and subsets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from radengine.data.store import ArraySpec, Store, StoreError, StoreWriter
+
+SHAPE = (8, 6)
+
+
+def shard_data(rng: np.random.Generator, n: int, patients: list[str], first: int = 0):
+    images = rng.integers(-1024, 3072, size=(n, *SHAPE), dtype=np.int16)
+    masks = rng.integers(0, 4, size=(n, *SHAPE), dtype=np.uint8)
+    pats = np.array([patients[i % len(patients)] for i in range(n)])
+    cols = {
+        "label": rng.integers(-1, 6, n),
+        "patient": pats,
+        "study": np.char.add(pats, "-s"),
+        "series": np.char.add(pats, "-x"),
+        "region": rng.integers(-1, 6, n).astype(np.int8),
+        "lesion": rng.integers(0, 2, n).astype(np.int8),
+        "slice_position": np.arange(first, first + n, dtype=np.float32),
+        "pixel_spacing": np.full((n, 2), 0.7, dtype=np.float32),
+        "thickness": np.full(n, 1.25, dtype=np.float32),
+        "kvp": np.full(n, 120.0, dtype=np.float32),
+        "manufacturer": np.array(["acme"] * n),
+    }
+    return {"image": images, "mask": masks}, cols
+
+
+def writer(path, **meta):
+    arrays = {"image": ArraySpec("int16", SHAPE), "mask": ArraySpec("uint8", SHAPE)}
+    return StoreWriter(path, "ct", arrays, {"classes": ["a", "b", "c", "d", "e", "f"], **meta})
+
+
+def make_store(path, rng, shards=3, per_shard=10, patients_per_shard=3):
+    w = writer(path)
+    written = []
+    for s in range(shards):
+        pats = [f"p{s}-{i}" for i in range(patients_per_shard)]
+        arrays, cols = shard_data(rng, per_shard, pats, first=100 * s)
+        w.write_shard(s, arrays, cols)
+        written.append((arrays, cols))
+    return w.finish(), written
+
+
+def test_round_trip_random_and_sequential_access(tmp_path):
+    rng = np.random.default_rng(0)
+    store, written = make_store(tmp_path / "s", rng)
+    assert len(store) == 30 and store.finished and store.kind == "ct"
+    all_images = np.concatenate([a["image"] for a, _ in written])
+    all_masks = np.concatenate([a["mask"] for a, _ in written])
+    for i in rng.permutation(30)[:10]:
+        np.testing.assert_array_equal(store.get(int(i)), all_images[i])
+        np.testing.assert_array_equal(store.get(int(i), "mask"), all_masks[i])
+    idx = rng.permutation(30)[:17]
+    np.testing.assert_array_equal(store.images(idx), all_images[idx])
+    chunks = list(store.iter_chunks(chunk=7))
+    assert [len(i) for i, _ in chunks] == [7, 7, 7, 7, 2]
+    np.testing.assert_array_equal(np.concatenate([c for _, c in chunks]), all_images)
+    np.testing.assert_array_equal(store.shard_array(1), written[1][0]["image"])
+    np.testing.assert_array_equal(store.index["slice_position"][10:20], np.arange(100, 110))
+    assert store.verify() == []
+    info = store.info()
+    assert info["slices"] == 30 and info["shards"] == 3 and info["patients"] == 9
+    assert sum(info["classes"].values()) == 30
+
+
+def test_crash_leftovers_are_removed_and_resume_gives_the_same_store(tmp_path):
+    rng = np.random.default_rng(1)
+    full, _ = make_store(tmp_path / "full", np.random.default_rng(1))
+    # A "crashed" run: shard 0 committed, shard 1's data written but no manifest, a temp file.
+    part = tmp_path / "part"
+    w = writer(part)
+    datas = []
+    for s in range(3):
+        pats = [f"p{s}-{i}" for i in range(3)]
+        datas.append(shard_data(rng, 10, pats, first=100 * s))
+    w.write_shard(0, *datas[0])
+    (part / "shards" / "000001.image.bin").write_bytes(b"half a shard")
+    (part / "shards" / ".000002.image.bin.tmp-123").write_bytes(b"junk")
+    assert not Store(part).finished and len(Store(part)) == 10
+    w2 = writer(part)  # the rerun
+    assert w2.completed() == {0}
+    assert sorted(f.name for f in (part / "shards").iterdir()) == [
+        "000000.image.bin", "000000.index.npz", "000000.json", "000000.mask.bin",
+    ]  # fmt: skip
+    for s in (1, 2):
+        w2.write_shard(s, *datas[s])
+    resumed = w2.finish()
+    for name in ("index.npz", "shards/000001.image.bin", "shards/000002.mask.bin"):
+        assert (part / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+    assert json.loads((part / "store.json").read_text()) == json.loads(
+        (tmp_path / "full" / "store.json").read_text()
+    )
+    assert len(resumed) == len(full) == 30
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    make_store(tmp_path / "s", np.random.default_rng(2))
+    with pytest.raises(StoreError, match="other settings"):
+        StoreWriter(tmp_path / "s", "ct", {"image": ArraySpec("int16", (9, 9))})
+
+
+def test_verify_finds_corruption(tmp_path):
+    make_store(tmp_path / "s", np.random.default_rng(3))
+    p = tmp_path / "s" / "shards" / "000001.image.bin"
+    data = bytearray(p.read_bytes())
+    data[5] ^= 0xFF
+    p.write_bytes(bytes(data))
+    (tmp_path / "s" / "shards" / "000002.mask.bin").write_bytes(b"short")
+    problems = Store(tmp_path / "s").verify()
+    assert any("000001.image.bin: checksum mismatch" in p for p in problems)
+    assert any("000002.mask.bin: 5 bytes" in p for p in problems)
+
+
+def test_bad_shards_are_rejected(tmp_path):
+    w = writer(tmp_path / "s")
+    arrays, cols = shard_data(np.random.default_rng(4), 4, ["p"])
+    with pytest.raises(ValueError, match="array 'image': expected int16"):
+        w.write_shard(0, {**arrays, "image": arrays["image"].astype(np.int32)}, cols)
+    with pytest.raises(ValueError, match="index columns missing: \\['patient'\\]"):
+        w.write_shard(0, arrays, {k: v for k, v in cols.items() if k != "patient"})
+    with pytest.raises(ValueError, match="'kvp' has 3 rows"):
+        w.write_shard(0, arrays, {**cols, "kvp": cols["kvp"][:3]})
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "nope")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(StoreError, match=r"store\.json not found"):
+        Store(tmp_path / "x")
+
+
+def test_splits_are_patient_level_deterministic_and_nested(tmp_path):
+    store, _ = make_store(
+        tmp_path / "s", np.random.default_rng(5), shards=10, patients_per_shard=10
+    )
+    pat = store.index["patient"]
+    splits = {s: store.select(s, seed=7) for s in ("train", "val", "test")}
+    sets = {s: set(pat[i]) for s, i in splits.items()}
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"])
+    assert not (sets["val"] & sets["test"])
+    assert len(sets["train"]) == 80 and len(sets["val"]) == 10 and len(sets["test"]) == 10
+    assert sum(len(i) for i in splits.values()) == len(store)
+    np.testing.assert_array_equal(store.select("train", seed=7), splits["train"])
+    assert set(pat[store.select("train", seed=8)]) != sets["train"]
+    ten, one = (
+        store.select("train", fraction=0.1, seed=7),
+        store.select("train", fraction=0.01, seed=7),
+    )
+    assert len(set(pat[ten])) == 8 and len(set(pat[one])) == 1
+    assert set(pat[one]) <= set(pat[ten]) <= sets["train"]
+    labelled = store.select(labelled=True)
+    assert np.all(store.index["label"][labelled] >= 0)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        store.select("train", fraction=0.0)
+    with pytest.raises(ValueError, match="split must be one of"):
+        store.select("validation")
