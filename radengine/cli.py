@@ -46,6 +46,35 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from radengine.data import ingest
+
+    common = dict(size=args.size, workers=args.workers, shard_slices=args.shard_slices)
+    try:
+        if args.kind == "ct":
+            summary = ingest.ingest_ct(args.src, args.out, secret=args.secret, **common)
+        else:
+            summary = ingest.ingest_images(args.src[0], args.out, **common)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"ingested {summary.slices} {'slices' if args.kind == 'ct' else 'images'} "
+        f"from {summary.series} {'series' if args.kind == 'ct' else 'files'} into {summary.store} "
+        f"in {summary.seconds:.1f} s ({summary.slices_per_second:.0f}/s); "
+        f"shards written {summary.shards_written}, reused {summary.shards_reused}"
+    )
+    if summary.skipped:
+        print(f"skipped {summary.skipped} file(s):")
+        for reason, n in summary.skipped_by_reason.items():
+            print(f"  {n:6d}  {reason}")
+        print(f"every skipped file and its reason: {summary.errors_file}")
+    if summary.slices == 0:
+        print("error: nothing could be ingested", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_store(args: argparse.Namespace) -> int:
     from radengine.data.store import Store, StoreError
 
@@ -121,6 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     nat.add_argument("--size", type=int, default=NATURAL_DEFAULTS["size"], help="pixels per side")
     nat.add_argument("--seed", type=int, default=NATURAL_DEFAULTS["seed"])
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("ingest", help="turn a CT archive or an ImageFolder into a store")
+    ing = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    ict = ing.add_parser("ct", help="DICOM series and NIfTI volumes -> int16 HU store")
+    ict.add_argument("src", nargs="+", help="directories and/or files")
+    ict.add_argument(
+        "--secret",
+        help="pseudonymisation secret file (default $RADENGINE_SECRET or "
+        "~/.config/radengine/secret, created if missing; never inside the store)",
+    )
+    iim = ing.add_parser("images", help="ImageFolder (ROOT/<class>/<image>) -> uint8 RGB store")
+    iim.add_argument("src", nargs=1, help="the ImageFolder root")
+    for q, size in ((ict, 256), (iim, 224)):
+        q.add_argument("--out", required=True, help="store directory (an unfinished one resumes)")
+        q.add_argument("--size", type=int, default=size, help=f"pixels per side (default {size})")
+        q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+        q.add_argument("--shard-slices", type=int, default=1024, help="slices per shard")
+    p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("store", help="inspect or verify a store")
     store = p.add_subparsers(dest="action", metavar="ACTION", required=True)
