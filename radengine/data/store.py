@@ -195,46 +195,8 @@ class StoreWriter:
     def write_shard(
         self, shard: int, arrays: Mapping[str, np.ndarray], columns: Mapping[str, Any]
     ) -> dict:
-        """Commit one shard atomically; returns its manifest.
-
-        Args:
-            shard: its number in the caller's plan (0 .. 999999).
-            arrays: every array of the store, each (n, *shape) of its dtype.
-            columns: index columns, each of length n (see the module docstring).
-        """
-        if not 0 <= shard < 1_000_000:
-            raise ValueError(f"shard number must be in [0, 999999], got {shard}")
-        n = len(arrays["image"])
-        if set(arrays) != set(self.arrays):
-            raise ValueError(f"arrays must be exactly {sorted(self.arrays)}, got {sorted(arrays)}")
-        for name, spec in self.arrays.items():
-            a = arrays[name]
-            if a.dtype != np.dtype(spec.dtype) or tuple(a.shape) != (n, *spec.shape):
-                raise ValueError(
-                    f"array {name!r}: expected {spec.dtype} {(n, *spec.shape)}, "
-                    f"got {a.dtype} {tuple(a.shape)}"
-                )
-        cols = {k: np.asarray(v) for k, v in columns.items()}
-        missing = [c for c in _required_columns(self.kind) if c not in cols]
-        if missing:
-            raise ValueError(f"index columns missing: {missing}")
-        for k, v in cols.items():
-            if len(v) != n:
-                raise ValueError(f"index column {k!r} has {len(v)} rows, the shard has {n}")
-        cols["offset"] = np.arange(n, dtype=np.int32)
-
-        shards = self.path / "shards"
-        files = {}
-        for name, a in arrays.items():
-            p = shards / f"{shard:06d}.{name}.bin"
-            atomic_write_bytes(p, np.ascontiguousarray(a).data)
-            files[name] = {"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256_file(p)}
-        p = shards / f"{shard:06d}.index.npz"
-        atomic_write_bytes(p, _npz_bytes(cols))
-        files["index"] = {"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256_file(p)}
-        manifest = {"shard": shard, "count": int(n), "files": files}
-        atomic_write_json(shards / f"{shard:06d}.json", manifest)
-        return manifest
+        """Commit one shard atomically; returns its manifest. See :func:`commit_shard`."""
+        return commit_shard(self.path, self.kind, self.arrays, shard, arrays, columns)
 
     def finish(self, extra_meta: Mapping[str, Any] | None = None) -> Store:
         """Merge the shards' indexes into index.npz, mark the store finished, open it."""
@@ -246,6 +208,62 @@ class StoreWriter:
             {**self._header, **(extra_meta or {}), "finished": True, "count": count},
         )
         return Store(self.path)
+
+
+def commit_shard(
+    path: str | Path,
+    kind: str,
+    specs: Mapping[str, ArraySpec],
+    shard: int,
+    arrays: Mapping[str, np.ndarray],
+    columns: Mapping[str, Any],
+) -> dict:
+    """Commit one shard of an open store atomically and return its manifest.
+
+    Safe to call from several processes at once for different shards (what parallel ingest
+    workers do); the manifest, written last, is the commit.
+
+    Args:
+        path: the store directory (created by a :class:`StoreWriter`).
+        kind: the store's kind.
+        specs: the store's arrays.
+        shard: its number in the caller's plan (0 .. 999999).
+        arrays: every array of the store, each (n, *shape) of its dtype.
+        columns: index columns, each of length n (see the module docstring).
+    """
+    if not 0 <= shard < 1_000_000:
+        raise ValueError(f"shard number must be in [0, 999999], got {shard}")
+    if set(arrays) != set(specs):
+        raise ValueError(f"arrays must be exactly {sorted(specs)}, got {sorted(arrays)}")
+    n = len(arrays["image"])
+    for name, spec in specs.items():
+        a = arrays[name]
+        if a.dtype != np.dtype(spec.dtype) or tuple(a.shape) != (n, *spec.shape):
+            raise ValueError(
+                f"array {name!r}: expected {spec.dtype} {(n, *spec.shape)}, "
+                f"got {a.dtype} {tuple(a.shape)}"
+            )
+    cols = {k: np.asarray(v) for k, v in columns.items()}
+    missing = [c for c in _required_columns(kind) if c not in cols]
+    if missing:
+        raise ValueError(f"index columns missing: {missing}")
+    for k, v in cols.items():
+        if len(v) != n:
+            raise ValueError(f"index column {k!r} has {len(v)} rows, the shard has {n}")
+    cols["offset"] = np.arange(n, dtype=np.int32)
+
+    shards = Path(path) / "shards"
+    files = {}
+    for name, a in arrays.items():
+        p = shards / f"{shard:06d}.{name}.bin"
+        atomic_write_bytes(p, np.ascontiguousarray(a).data)
+        files[name] = {"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256_file(p)}
+    p = shards / f"{shard:06d}.index.npz"
+    atomic_write_bytes(p, _npz_bytes(cols))
+    files["index"] = {"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256_file(p)}
+    manifest = {"shard": shard, "count": int(n), "files": files}
+    atomic_write_json(shards / f"{shard:06d}.json", manifest)
+    return manifest
 
 
 # --------------------------------------------------------------------------- reading
