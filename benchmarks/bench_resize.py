@@ -1,6 +1,6 @@
 """Benchmark resize: radengine's C++ antialiased bilinear against what a user would use
-instead (torch.nn.functional.interpolate(antialias=True), which is also our reference, and
-Pillow per slice when installed).
+instead: torch.nn.functional.interpolate(antialias=True) in float32 (our reference runs
+the same in float64), and Pillow per slice when installed.
 
     python benchmarks/bench_resize.py [--batch 300] [--size 512] [--out-size 256]
 """
@@ -19,6 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Recorder, percentiles, time_ms
 
 from radengine.ops import OPS, _dispatch, resize
+
+
+def torch_interpolate(x: torch.Tensor, size: int) -> torch.Tensor:
+    y = torch.nn.functional.interpolate(
+        x.unsqueeze(1).float(), size=(size, size), mode="bilinear", antialias=True
+    )
+    return y.round().clamp(-32768, 32767).to(torch.int16).squeeze(1)
 
 
 def pillow_peer(x: torch.Tensor, size: int):
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in OPS["resize"]
         if _dispatch.unavailable_reason(b, "cpu") is None
     }
+    candidates["torch-interpolate"] = functools.partial(torch_interpolate, x, args.out_size)
     if (pil := pillow_peer(x, args.out_size)) is not None:
         candidates["pillow"] = pil
     for name, fn in candidates.items():

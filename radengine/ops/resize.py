@@ -53,11 +53,12 @@ def resize(x: Tensor, size: int | Sequence[int], *, backend: str | None = None) 
 
 
 def reference_resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """The oracle: torch's antialiased bilinear interpolation, rounded for integer dtypes."""
+    """The oracle: torch's antialiased bilinear interpolation, computed in float64 (torch's
+    float32 path loses up to ~1e-5 of the input range), rounded for integer dtypes."""
     channels_last = x.dim() == 4
     v = x.permute(0, 3, 1, 2) if channels_last else x.unsqueeze(1)
     y = F.interpolate(
-        v.to(torch.float32), size=tuple(size), mode="bilinear", antialias=True, align_corners=False
+        v.to(torch.float64), size=tuple(size), mode="bilinear", antialias=True, align_corners=False
     )
     if x.dtype != torch.float32:
         info = torch.iinfo(x.dtype)
