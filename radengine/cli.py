@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -20,6 +21,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from radengine.data import builtin
 
+    if args.domain == "ct" and args.dicom:
+        from radengine.data.dicom_synth import available_variants, write_synthetic_dicom
+
+        files = write_synthetic_dicom(
+            Path(args.out), args.patients, args.slices, args.size, args.seed, available_variants()
+        )
+        print(
+            f"wrote {len(files)} synthetic DICOM files ({', '.join(available_variants())}) "
+            f"to {args.out}"
+        )
+        return 0
     if args.domain == "ct":
         store = builtin.write_synthetic_ct_store(
             args.out,
@@ -143,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--slices", type=int, default=CT_DEFAULTS["slices"], help="per series")
     ct.add_argument("--size", type=int, default=CT_DEFAULTS["size"], help="pixels per side")
     ct.add_argument("--seed", type=int, default=CT_DEFAULTS["seed"])
+    ct.add_argument(
+        "--dicom",
+        action="store_true",
+        help="write DICOM series (every variant: rescale intercepts and slopes, padding, "
+        "compressed syntaxes, enhanced multi-frame, plus MR and broken files) instead of a store",
+    )
     nat = synth.add_parser("natural", help="synthetic natural-image proxy (NOT ImageNet)")
     nat.add_argument("--out", required=True, help="store directory to write (resumable)")
     nat.add_argument("--images", type=int, default=NATURAL_DEFAULTS["images"])

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+# One shape for every CT reader: the types live with the DICOM reader.
+from radengine.data.dicom import SeriesData, Skipped
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -50,53 +52,6 @@ NAN_HU = -1024
 
 _INT16_MIN, _INT16_MAX = np.iinfo(np.int16).min, np.iinfo(np.int16).max
 _NIFTI_EXTRA = 'install the NIfTI extra: pip install "radengine[nifti]" (nibabel)'
-
-
-# TODO(unify): Skipped and SeriesData are meant to live in radengine/data/dicom.py, which was
-# not written yet when this module was; they are defined here with the agreed shapes.
-@dataclass(frozen=True)
-class Skipped:
-    """A file (or folder) that ingest did not use, and why.
-
-    Attributes:
-        path: The file as it was found (not resolved).
-        reason: What is wrong with it, for a person reading the errors file.
-        hint: What to do about it (an extra to install, a layout to fix), if anything.
-    """
-
-    path: str
-    reason: str
-    hint: str | None = None
-
-
-@dataclass
-class SeriesData:
-    """One CT series as axial int16 HU slices plus per-slice metadata (``n`` slices).
-
-    Attributes:
-        hu: int16 ``(n, H, W)`` Hounsfield units, slices in ascending position along the
-            superior axis; rows anterior->posterior, columns patient right->left.
-        patient: Pseudonymised patient key.
-        study: Pseudonymised study key.
-        series: Pseudonymised series key.
-        region: Body region id (index into ``BODY_REGIONS``), -1 when unknown.
-        slice_position: float64 ``(n,)`` position of each slice along the slice normal, mm.
-        pixel_spacing: float32 ``(n, 2)`` (row, column) spacing, mm.
-        thickness: float32 ``(n,)`` slice thickness, mm (the slice spacing for NIfTI).
-        kvp: float32 ``(n,)`` tube voltage, nan when unknown.
-        manufacturer: Scanner manufacturer, "" when unknown.
-    """
-
-    hu: np.ndarray
-    patient: str
-    study: str
-    series: str
-    region: int
-    slice_position: np.ndarray
-    pixel_spacing: np.ndarray
-    thickness: np.ndarray
-    kvp: np.ndarray
-    manufacturer: str
 
 
 class SupportsKey(Protocol):

@@ -91,3 +91,150 @@ def test_plan_is_deterministic():
     ]
     plan = ingest.plan_shards(list(reversed(units)), 400)
     assert [[u.key for u in s] for s in plan] == [["k00", "k01", "k02", "k03"], ["k04", "k05"]]
+
+
+# --------------------------------------------------------------------------- CT
+
+
+@pytest.fixture
+def dicom_archive(tmp_path):
+    pytest.importorskip("pydicom")
+    from radengine.data.dicom_synth import available_variants, write_synthetic_dicom
+
+    root = tmp_path / "archive"
+    with pytest.warns(UserWarning) if len(available_variants()) < 13 else _nothing():
+        write_synthetic_dicom(root / "dicom", num_patients=2, slices_per_series=6, size=64, seed=5)
+    return root
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_ingest_ct_end_to_end(dicom_archive, tmp_path, capsys):
+    secret = tmp_path / "secret"
+    out = tmp_path / "ct-store"
+    code = main(
+        ["ingest", "ct", str(dicom_archive), "--out", str(out), "--size", "32",
+         "--secret", str(secret), "--workers", "2", "--shard-slices", "20"]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed
+    store = Store(out)
+    assert store.finished and store.verify() == [] and store.arrays["image"].shape == (32, 32)
+    assert len(np.unique(store.index["patient"])) == 2
+    assert np.all(store.index["region"] >= -1)
+    errors = (tmp_path / "ct-store.ingest" / "errors.jsonl").read_text()
+    for reason in ("modality MR, not CT", "not a DICOM file", "mixed sizes in one series"):
+        assert reason in errors, reason
+    assert "modality MR, not CT" in printed
+    # No identifier of the archive reaches the store, in any file.
+    blob = b"".join(tree_bytes(out).values())
+    for needle in (
+        b"SYNTH^PATIENT",
+        b"SYNTH-ID-",
+        b"SYNACC",
+        b"Synthetic General Hospital",
+        b"1950",
+    ):
+        assert needle not in blob, needle
+    assert not secret.is_relative_to(out)
+
+
+def test_ingest_ct_kill_and_resume(dicom_archive, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = dict(size=32, shard_slices=6, secret=str(tmp_path / "secret"), progress=False)
+    ingest.ingest_ct([dicom_archive], tmp_path / "ref", workers=1, **args)
+    out = tmp_path / "killed"
+    code = (
+        "from radengine.data import ingest\n"
+        f"ingest.ingest_ct([{str(dicom_archive)!r}], {str(out)!r}, workers=1, **{args!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    while not (out / "shards" / "000002.json").exists() and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not Store(out).finished
+    again = ingest.ingest_ct([dicom_archive], out, workers=2, **args)
+    assert again.shards_reused >= 3
+    assert tree_bytes(out) == tree_bytes(tmp_path / "ref")
+
+
+def test_ingest_ct_nifti_and_hu(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from radengine.data.synthetic import generate_ct_series
+    from radengine.ops import resize
+
+    series = generate_ct_series(0, "abdomen", num_slices=5, size=40, seed=2)
+    vol = np.ascontiguousarray(series.images.transpose(2, 1, 0)[::-1, ::-1])  # to RAS (x, y, z)
+    d = tmp_path / "nii" / "case01"
+    d.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(vol.astype(np.int16), np.diag([0.8, 0.8, 2.0, 1.0])), d / "ct.nii.gz")
+    s = ingest.ingest_ct([tmp_path / "nii"], tmp_path / "store", size=20, workers=1,
+                         secret=tmp_path / "secret", progress=False)  # fmt: skip
+    store = Store(tmp_path / "store")
+    assert s.slices == 5 and len(store) == 5
+    got = store.images(np.arange(5))
+    import torch
+
+    expected = resize(torch.from_numpy(series.images), 20).numpy()
+    # Slices come out in ascending z, the volume's index order here.
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(np.diff(store.index["slice_position"]), 2.0)
+    np.testing.assert_allclose(store.index["pixel_spacing"], 0.8 * np.ones((5, 2)), rtol=1e-6)
+    assert "case01" not in store.index["patient"][0]
+
+
+def test_cli_synth_dicom_then_ingest(tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    dcm = tmp_path / "dcm"
+    assert (
+        main(
+            [
+                "synth",
+                "ct",
+                "--dicom",
+                "--out",
+                str(dcm),
+                "--patients",
+                "1",
+                "--slices",
+                "4",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert "synthetic DICOM files" in capsys.readouterr().out
+    out = tmp_path / "store"
+    assert (
+        main(
+            [
+                "ingest",
+                "ct",
+                str(dcm),
+                "--out",
+                str(out),
+                "--size",
+                "32",
+                "--secret",
+                str(tmp_path / "k"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert Store(out).verify() == []
