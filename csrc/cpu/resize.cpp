@@ -6,8 +6,8 @@
 // to [0, n), weight(j) = tri((j - center + 0.5) / max(scale, 1)) with tri(t) = max(0, 1 - |t|),
 // normalised to sum 1. Integer outputs are rounded half to even and clamped to the dtype.
 //
-// Memory traffic: each image read once; one fp32 intermediate of h_in x w_out x C per image
-// (per thread, reused), output written once. Work: (taps_w * H * w + taps_h * h * w) * C.
+// Memory traffic: each input row read taps_h times (from cache), output written once; one
+// fp32 row of W x C per thread. Work: (taps_h * h * W + taps_w * h * w) * C.
 #include "cpu/resize.h"
 
 #include <algorithm>
@@ -76,50 +76,42 @@ void run(const T* x, T* out, int64_t B, int64_t H, int64_t W, int64_t C, int64_t
          int num_threads) {
   const Taps tw = make_taps(W, w), th = make_taps(H, h);
   advise_huge_pages(out, static_cast<size_t>(B * h * w * C) * sizeof(T));
-  // Parallel over (image, block of output rows): images of one series are few but large.
+  const int64_t n = W * C;  // floats in one input row
+  // Parallel over (image, block of output rows): a series has few images, each large.
   const int64_t row_blocks = std::max<int64_t>(1, std::min<int64_t>(h, 8));
   const int64_t rows_per_block = (h + row_blocks - 1) / row_blocks;
 #pragma omp parallel num_threads(num_threads)
   {
-    std::vector<float> tmp;  // input rows [r0, r1) resized along W: (rows, w, C)
+    // The vertical pass first, one output row at a time, into an L1/L2-resident row: it
+    // runs along contiguous memory and vectorises; the horizontal gather pass then works
+    // on h rows instead of H.
+    std::vector<float> row(n);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * row_blocks; ++task) {
       const int64_t b = task / row_blocks, blk = task % row_blocks;
       const int64_t i0 = blk * rows_per_block, i1 = std::min(h, i0 + rows_per_block);
-      if (i0 >= i1) continue;
-      const int64_t r0 = th.first[i0];
-      const int64_t r1 = th.first[i1 - 1] + th.count[i1 - 1];
-      tmp.assign((r1 - r0) * w * C, 0.f);
-      const T* img = x + b * H * W * C;
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* src = img + r * W * C;
-        float* dst = tmp.data() + (r - r0) * w * C;
-        for (int64_t j = 0; j < w; ++j) {
-          const float* wt = tw.weights.data() + j * tw.size;
-          const T* s = src + tw.first[j] * C;
-          for (int64_t c = 0; c < C; ++c) {
-            float acc = 0.f;
-            for (int64_t k = 0; k < tw.count[j]; ++k) acc += wt[k] * static_cast<float>(s[k * C + c]);
-            dst[j * C + c] = acc;
-          }
-        }
-      }
-      T* o = out + b * h * w * C;
+      const T* img = x + b * H * n;
       for (int64_t i = i0; i < i1; ++i) {
         const float* wt = th.weights.data() + i * th.size;
-        const float* base = tmp.data() + (th.first[i] - r0) * w * C;
-        T* orow = o + i * w * C;
-        const int64_t n = w * C;
-        float acc_row[256];
-        for (int64_t q0 = 0; q0 < n; q0 += 256) {
-          const int64_t m = std::min<int64_t>(256, n - q0);
-          for (int64_t q = 0; q < m; ++q) acc_row[q] = 0.f;
-          for (int64_t k = 0; k < th.count[i]; ++k) {
-            const float* row = base + k * n + q0;
-            const float wk = wt[k];
-            for (int64_t q = 0; q < m; ++q) acc_row[q] += wk * row[q];
+        const T* src = img + th.first[i] * n;
+        float* r = row.data();
+        const float w0 = wt[0];
+        for (int64_t q = 0; q < n; ++q) r[q] = w0 * static_cast<float>(src[q]);
+        for (int64_t k = 1; k < th.count[i]; ++k) {
+          const T* s = src + k * n;
+          const float wk = wt[k];
+          for (int64_t q = 0; q < n; ++q) r[q] += wk * static_cast<float>(s[q]);
+        }
+        T* orow = out + (b * h + i) * w * C;
+        for (int64_t j = 0; j < w; ++j) {
+          const float* wj = tw.weights.data() + j * tw.size;
+          const float* rj = r + tw.first[j] * C;
+          const int64_t taps = tw.count[j];
+          for (int64_t c = 0; c < C; ++c) {
+            float acc = 0.f;
+            for (int64_t k = 0; k < taps; ++k) acc += wj[k] * rj[k * C + c];
+            orow[j * C + c] = from_float<T>(acc);
           }
-          for (int64_t q = 0; q < m; ++q) orow[q0 + q] = from_float<T>(acc_row[q]);
         }
       }
     }

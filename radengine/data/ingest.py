@@ -98,13 +98,11 @@ def _square(hu: np.ndarray) -> np.ndarray:
 
 
 def _resize_slices(images: np.ndarray, size: int) -> np.ndarray:
-    import torch
-
-    from radengine.ops import resize
+    from radengine.ops.resize import resize_array
 
     if images.shape[1:3] == (size, size):
         return np.ascontiguousarray(images)
-    return resize(torch.from_numpy(np.require(images, requirements="CW")), size).numpy()
+    return resize_array(images, size)
 
 
 def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1):
@@ -146,12 +144,9 @@ def _nifti_depth(path: str) -> int:
 def _ct_shard_worker(
     store: str, specs: dict, shard: int, units: list[Unit], size: int, secret: bytes, errors: str
 ) -> tuple[int, int, int, list[dict]]:
-    import torch
-
     from radengine.data import dicom, nifti
     from radengine.data.privacy import Pseudonymizer
 
-    torch.set_num_threads(1)
     pseudo = Pseudonymizer(secret)
     images, columns, skipped, series = [], [], [], 0
     for unit in units:
@@ -270,15 +265,11 @@ def ingest_ct(
 def _image_shard_worker(
     store: str, specs: dict, shard: int, units: list[Unit], size: int, root: str, errors: str
 ) -> tuple[int, int, int, list[dict]]:
-    import torch
-
     from radengine.data.images import ImageReadError, load_image, resize_shorter_center_crop
-    from radengine.ops import resize
-
-    torch.set_num_threads(1)
+    from radengine.ops.resize import resize_array
 
     def our_resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-        return resize(torch.from_numpy(np.require(img, requirements="CW"))[None], (h, w)).numpy()[0]
+        return resize_array(img[None], (h, w))[0]
 
     images, labels, keys, skipped = [], [], [], []
     for unit in units:

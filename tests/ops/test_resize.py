@@ -3,11 +3,12 @@ random images, by hand, bad input, opcheck and torch.compile."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from radengine.ops import _dispatch, reference_resize, resize
-from radengine.ops.resize import IMPLS
+from radengine.ops.resize import IMPLS, resize_array
 
 BACKENDS = [b for b in IMPLS if b != "reference" and _dispatch.unavailable_reason(b, "cpu") is None]
 CASES = [
@@ -101,3 +102,18 @@ def test_opcheck_and_compile(gen):
     torch.library.opcheck(torch.ops.radengine.resize.default, (x, [10, 12], ""))
     compiled = torch.compile(lambda t: resize(t, (10, 12)).float() * 2, fullgraph=True)
     torch.testing.assert_close(compiled(x), resize(x, (10, 12)).float() * 2)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32], ids=str)
+def test_resize_array_matches_the_op(gen, dtype):
+    x = random_images(
+        gen,
+        (3, 41, 29, 3) if dtype == np.uint8 else (3, 41, 29),
+        getattr(torch, np.dtype(dtype).name),
+    )
+    a = x.numpy()[:, ::-1]  # a non-contiguous view
+    got = resize_array(a, (17, 33))
+    assert got.dtype == dtype and got.shape == (3, 17, 33, *a.shape[3:])
+    np.testing.assert_array_equal(got, resize(torch.from_numpy(a.copy()), (17, 33)).numpy())
+    with pytest.raises(ValueError, match="int16, uint8 or float32"):
+        resize_array(a.astype(np.int64), 4)
