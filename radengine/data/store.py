@@ -254,13 +254,16 @@ def commit_shard(
 
     shards = Path(path) / "shards"
     files = {}
-    for name, a in arrays.items():
-        p = shards / f"{shard:06d}.{name}.bin"
-        atomic_write_bytes(p, np.ascontiguousarray(a).data)
-        files[name] = {"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256_file(p)}
-    p = shards / f"{shard:06d}.index.npz"
-    atomic_write_bytes(p, _npz_bytes(cols))
-    files["index"] = {"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256_file(p)}
+    # Checksums of the bytes in memory, as written: no second read of the files.
+    blobs = {f"{shard:06d}.{k}.bin": np.ascontiguousarray(a).data for k, a in arrays.items()}
+    blobs[f"{shard:06d}.index.npz"] = memoryview(_npz_bytes(cols))
+    for (name, blob), key in zip(blobs.items(), [*arrays, "index"], strict=True):
+        atomic_write_bytes(shards / name, blob)
+        files[key] = {
+            "file": name,
+            "bytes": blob.nbytes,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
     manifest = {"shard": shard, "count": int(n), "files": files}
     atomic_write_json(shards / f"{shard:06d}.json", manifest)
     return manifest
