@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="turn a CT archive or an ImageFolder into a store")
     ing = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     ict = ing.add_parser("ct", help="DICOM series and NIfTI volumes -> int16 HU store")
-    ict.add_argument("src", nargs="+", help="directories and/or files")
+    ict.add_argument(
+        "src", nargs="+", help="directories and/or files; @LIST reads paths from a text file"
+    )
     ict.add_argument(
         "--secret",
         help="pseudonymisation secret file (default $RADENGINE_SECRET or "

@@ -105,13 +105,32 @@ def _resize_slices(images: np.ndarray, size: int) -> np.ndarray:
     return resize_array(images, size)
 
 
+def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
+    """Paths as given, where ``@LIST`` stands for the paths in the text file LIST (one per
+    line; blank lines and lines starting with '#' ignored; relative to LIST's folder)."""
+    out: list[Path] = []
+    for src in sources:
+        text = str(src)
+        if text.startswith("@"):
+            listing = Path(text[1:])
+            if not listing.is_file():
+                raise FileNotFoundError(f"{listing}: file list not found (from {text!r})")
+            for line in listing.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    p = Path(line)
+                    out.append(p if p.is_absolute() else listing.parent / p)
+        else:
+            out.append(Path(src))
+    return out
+
+
 def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1):
     """Find DICOM series and NIfTI volumes under ``sources``: (units, skipped)."""
     from radengine.data import dicom, nifti
 
     files, nifti_files, rel = [], [], {}
-    for src in sources:
-        src = Path(src)
+    for src in expand_sources(sources):
         if not src.exists():
             raise FileNotFoundError(f"{src}: no such file or directory")
         found = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())

@@ -238,3 +238,14 @@ def test_cli_synth_dicom_then_ingest(tmp_path, capsys):
         == 0
     )
     assert Store(out).verify() == []
+
+
+def test_file_lists(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# archive part 1\na.dcm\n\n{tmp_path / 'b'}\n")
+    assert ingest.expand_sources([f"@{listing}", tmp_path / "c"]) == [
+        tmp_path / "a.dcm", tmp_path / "b", tmp_path / "c",
+    ]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="file list not found"):
+        ingest.expand_sources(["@" + str(tmp_path / "missing.txt")])
