@@ -4,11 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +11,7 @@ import pytest
 from radengine.cli import main
 from radengine.data import builtin
 from radengine.data.store import Store
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+from tests.data.util import kill_when_exists, tree_bytes
 
 
 def test_ct_store_is_deterministic_and_labelled(tmp_path):
@@ -36,19 +26,14 @@ def test_ct_store_is_deterministic_and_labelled(tmp_path):
 
 
 def test_kill_and_resume_gives_the_identical_store(tmp_path):
-    args = dict(patients=5, slices=12, size=96, seed=1)
+    args = dict(patients=12, slices=12, size=96, seed=1)
     builtin.write_synthetic_ct_store(tmp_path / "ref", **args)
     out = tmp_path / "killed"
     code = (
         "from radengine.data import builtin\n"
         f"builtin.write_synthetic_ct_store({str(out)!r}, **{args!r})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 60
-    while not (out / "shards" / "000001.json").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(code, out / "shards" / "000001.json")
     store = Store(out)
     assert not store.finished, "killed before the end, so the store must be unfinished"
     builtin.write_synthetic_ct_store(out, **args)  # the rerun resumes

@@ -4,7 +4,6 @@ reported and skipped; kill and resume; no identifier in the store."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +12,7 @@ from radengine.cli import main
 from radengine.data import ingest
 from radengine.data.store import Store
 from radengine.data.synthetic import synthetic_natural
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+from tests.data.util import kill_when_exists, tree_bytes
 
 
 @pytest.fixture
@@ -147,11 +141,6 @@ def test_ingest_ct_end_to_end(dicom_archive, tmp_path, capsys):
 
 
 def test_ingest_ct_kill_and_resume(dicom_archive, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     args = dict(size=32, shard_slices=6, secret=str(tmp_path / "secret"), progress=False)
     ingest.ingest_ct([dicom_archive], tmp_path / "ref", workers=1, **args)
     out = tmp_path / "killed"
@@ -159,12 +148,7 @@ def test_ingest_ct_kill_and_resume(dicom_archive, tmp_path):
         "from radengine.data import ingest\n"
         f"ingest.ingest_ct([{str(dicom_archive)!r}], {str(out)!r}, workers=1, **{args!r})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 120
-    while not (out / "shards" / "000002.json").exists() and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(code, out / "shards" / "000002.json")
     assert not Store(out).finished
     again = ingest.ingest_ct([dicom_archive], out, workers=2, **args)
     assert again.shards_reused >= 3
