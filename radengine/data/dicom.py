@@ -49,6 +49,15 @@ are under licences compatible with radengine's Apache-2.0:
 A file whose transfer syntax has no installed decoder is skipped with the syntax's name and
 :data:`DICOM_EXTRA_HINT`.
 
+Speed
+-----
+Classic single-frame files with uncompressed little-endian pixel data (the bulk of CT archives)
+take a fast path: the header is walked without building pydicom Datasets, the few values used
+are converted with pydicom's own converters, and the pixel bytes are read straight into the
+series array (unused high bits cleared or sign-extended as pydicom does). Any file the fast
+path cannot vouch for is read by pydicom; both give the same results. On a 512x512 slice this
+takes the scan from ~0.35 to ~0.05 ms per file and the load from ~1.9 to ~0.25 ms per slice.
+
 pydicom is imported inside the functions that need it, so ``import radengine`` works without
 it; calling them without pydicom raises an ImportError that names the extra.
 """
@@ -57,6 +66,8 @@ from __future__ import annotations
 
 import os
 import re
+import struct
+import sys
 import unicodedata
 import warnings
 from collections import Counter
@@ -119,7 +130,7 @@ _PREFERRED_PLUGINS: dict[str, tuple[str, ...]] = {
 }
 
 # Below this many files a serial scan beats starting worker processes: each worker imports
-# radengine (and with it torch, ~1.5 s), while one header takes ~0.5 ms.
+# radengine (and with it torch, ~1.5 s), while one header takes ~0.05-0.5 ms.
 _MIN_FILES_FOR_PROCESSES = 4096
 
 # Header attributes the scan needs; pydicom then skips converting everything else.
@@ -422,17 +433,565 @@ def _text(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Fast path: classic uncompressed files read without pydicom's Dataset machinery
+# --------------------------------------------------------------------------------------------
+# pydicom spends most of a classic CT file's time building Dataset and DataElement objects:
+# ~0.3 ms for a header, ~0.5 ms more for `pixel_array`. The fast path walks the header itself
+# (element boundaries only, skipping values it does not need), converts the few values it uses
+# with pydicom's own value converters, and reads the pixel bytes straight into the series
+# array. It takes a file only when it can show that pydicom would read it the same way; at the
+# first doubt (odd structure, unexpected VR or length, compressed or big-endian data, several
+# frames, functional groups, a modality LUT, non-ASCII text, ...) it raises _Bail and the file
+# goes through pydicom as before. The tests compare both paths on every synthetic variant, on
+# pydicom's bundled files and on edited copies.
+
+_FAST_PATH = True
+"""Whether :func:`scan_dicom` and :func:`load_series` may use the fast path (tests turn it off
+to get the reference results)."""
+
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_NOT_EXPLICIT_LE = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # BE, deflate
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_CHARSET = 0x00080005
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # pydicom's stop_before_pixels
+_CHUNK = 16384  # first read: covers a typical header whole
+
+_IMPLICIT_HEAD = struct.Struct("<HHI").unpack_from  # group, element, 4-byte length
+_EXPLICIT_HEAD = struct.Struct("<HH2sH").unpack_from  # group, element, VR, 2-byte length
+_U32 = struct.Struct("<I").unpack_from
+
+# Top-level attributes the fast path reads: keyword -> (tag, dictionary VR).
+_FAST_TAGS: dict[str, tuple[int, str]] = {
+    "SpecificCharacterSet": (0x00080005, "CS"),
+    "ImageType": (0x00080008, "CS"),
+    "SOPClassUID": (0x00080016, "UI"),
+    "SOPInstanceUID": (0x00080018, "UI"),
+    "Modality": (0x00080060, "CS"),
+    "Manufacturer": (0x00080070, "LO"),
+    "PatientID": (0x00100020, "LO"),
+    "BodyPartExamined": (0x00180015, "CS"),
+    "SliceThickness": (0x00180050, "DS"),
+    "KVP": (0x00180060, "DS"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "InstanceNumber": (0x00200013, "IS"),
+    "ImagePositionPatient": (0x00200032, "DS"),
+    "ImageOrientationPatient": (0x00200037, "DS"),
+    "SamplesPerPixel": (0x00280002, "US"),
+    "PhotometricInterpretation": (0x00280004, "CS"),
+    "PlanarConfiguration": (0x00280006, "US"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "Rows": (0x00280010, "US"),
+    "Columns": (0x00280011, "US"),
+    "PixelSpacing": (0x00280030, "DS"),
+    "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "PixelRepresentation": (0x00280103, "US"),
+    "PixelPaddingValue": (0x00280120, "US or SS"),
+    "PixelPaddingRangeLimit": (0x00280121, "US or SS"),
+    "BurnedInAnnotation": (0x00280301, "CS"),
+    "RescaleIntercept": (0x00281052, "DS"),
+    "RescaleSlope": (0x00281053, "DS"),
+}
+_FAST_TAG_SET = frozenset(tag for tag, _ in _FAST_TAGS.values())
+# Top-level attributes that send a file to pydicom's path in load_series: a modality LUT,
+# functional groups, an in-stack position (read there), extended offset tables.
+_SLOW_LOAD_TAGS = frozenset(
+    {0x00283000, 0x52009229, 0x52009230, 0x00209057, 0x7FE00001, 0x7FE00002}
+)
+
+
+class _Bail(Exception):
+    """The fast path declines a file: pydicom reads it."""
+
+
+@lru_cache(maxsize=1)
+def _fast_parts() -> Any:
+    """pydicom pieces the fast path uses, imported once."""
+    from types import SimpleNamespace
+
+    from pydicom import charset, datadict, filereader, valuerep, values
+    from pydicom.dataelem import RawDataElement
+    from pydicom.uid import PrivateTransferSyntaxes
+
+    long_vrs = frozenset(vr.encode() for vr in valuerep.EXPLICIT_VR_LENGTH_32 if len(vr) == 2)
+    short_vrs = frozenset(vr.encode() for vr in valuerep.EXPLICIT_VR_LENGTH_16)
+    dictionary_vr = getattr(filereader, "_dictionary_vr_fast", datadict.dictionary_VR)
+    return SimpleNamespace(
+        RawDataElement=RawDataElement,
+        convert_value=values.convert_value,
+        python_encoding=charset.python_encoding,
+        private_syntaxes=frozenset(str(uid) for uid in PrivateTransferSyntaxes),
+        long_vrs=long_vrs,
+        short_vrs=short_vrs,
+        dictionary_vr=dictionary_vr,
+    )
+
+
+def _fast_path_enabled() -> bool:
+    """True unless pydicom is configured to read values differently from its defaults."""
+    if not _FAST_PATH or sys.byteorder != "little":
+        return False
+    from pydicom import config, hooks
+
+    state = tuple(
+        getattr(config, name, None)
+        for name in (
+            "use_DS_decimal",
+            "use_DS_numpy",
+            "use_IS_numpy",
+            "use_none_as_empty_text_VR_value",
+            "datetime_conversion",
+        )
+    )
+    if state != _VALUE_CACHE_STATE[0]:  # converted values depend on these settings
+        _VALUE_CACHE.clear()
+        _VALUE_CACHE_STATE[0] = state
+    registry = hooks.hooks
+    return (
+        config.settings.reading_validation_mode != config.RAISE
+        and config.data_element_callback is None
+        and registry.raw_element_vr is hooks.raw_element_vr
+        and registry.raw_element_value is hooks.raw_element_value
+        and not registry.raw_element_kwargs
+    )
+
+
+class _RawHeader:
+    """A file's header as the fast path's walker found it (values still encoded)."""
+
+    __slots__ = ("flags", "implicit", "meta_sop_class", "pixel", "ts", "values")
+
+    def __init__(self) -> None:
+        self.implicit = False
+        self.ts = ""
+        self.meta_sop_class: tuple[bytes, bytes] | None = None
+        self.values: dict[int, tuple[bytes | None, bytes]] = {}  # tag -> (VR or None, value)
+        self.flags: set[int] = set()  # _SLOW_LOAD_TAGS present at the top level
+        self.pixel: tuple[int, bytes | None, int, int] | None = None  # tag, VR, offset, length
+
+
+def _read_upto(fh: Any, n: int) -> bytes:
+    """``n`` bytes from a raw file (fewer only at the end of the file)."""
+    data = fh.read(n)
+    while len(data) < n:
+        more = fh.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+class _Walker:
+    """Walks DICOM elements the way pydicom's reader does, through a window on the file."""
+
+    __slots__ = ("base", "buf", "fh", "implicit", "long_vrs", "parts", "short_vrs", "size")
+
+    def __init__(self, fh: Any, parts: Any) -> None:
+        self.fh = fh
+        self.parts = parts
+        self.long_vrs = parts.long_vrs
+        self.short_vrs = parts.short_vrs
+        self.size = os.fstat(fh.fileno()).st_size
+        self.buf = _read_upto(fh, min(_CHUNK, self.size))
+        self.base = 0
+        self.implicit = False
+
+    def window(self, pos: int, n: int) -> int:
+        """Make file bytes [pos, pos + n) available in ``buf``; returns their offset there."""
+        off = pos - self.base
+        if off < 0 or off + n > len(self.buf):
+            if pos + n > self.size:
+                raise _Bail
+            self.fh.seek(pos)
+            self.buf = _read_upto(self.fh, min(max(n, _CHUNK), self.size - pos))
+            self.base = pos
+            if len(self.buf) < n:
+                raise _Bail
+            off = 0
+        return off
+
+    def value(self, pos: int, length: int) -> bytes:
+        off = self.window(pos, length)
+        return self.buf[off : off + length]
+
+    def element(self, pos: int) -> tuple[int, bytes | None, int, int]:
+        """(tag, VR or None, length, value offset) of the element header at ``pos``."""
+        off = self.window(pos, 8)
+        if self.implicit:
+            group, elem, length = _IMPLICIT_HEAD(self.buf, off)
+            return group << 16 | elem, None, length, pos + 8
+        group, elem, vr, length = _EXPLICIT_HEAD(self.buf, off)
+        if group == 0xFFFE:  # item and delimiter tags: no VR, 4-byte length
+            return group << 16 | elem, None, _U32(self.buf, off + 4)[0], pos + 8
+        if vr in self.short_vrs:
+            return group << 16 | elem, vr, length, pos + 8
+        if vr in self.long_vrs:
+            off = self.window(pos, 12)
+            return group << 16 | elem, vr, _U32(self.buf, off + 8)[0], pos + 12
+        raise _Bail  # unknown VR: pydicom guesses (implicit switch or 2-byte length)
+
+    def undefined(self, tag: int, vr: bytes | None, pos: int) -> int:
+        """Skip an undefined-length value starting at ``pos`` (a sequence); returns its end."""
+        if vr is None:  # implicit VR: pydicom looks the tag up, or peeks for an item
+            try:
+                dict_vr = self.parts.dictionary_vr(tag)
+            except KeyError:
+                off = self.window(pos, 8)
+                group, elem, _ = _IMPLICIT_HEAD(self.buf, off)
+                dict_vr = "SQ" if group << 16 | elem == _ITEM else ""
+            if dict_vr != "SQ":
+                raise _Bail
+        elif vr != b"SQ":
+            raise _Bail  # undefined-length UN, OB, ...
+        while True:
+            off = self.window(pos, 8)
+            group, elem, length = _IMPLICIT_HEAD(self.buf, off)
+            item = group << 16 | elem
+            pos += 8
+            if item == _SEQUENCE_END:
+                return pos
+            if item != _ITEM:
+                raise _Bail
+            if length == _UNDEFINED:
+                pos = self.item(pos, None)
+            else:
+                end = pos + length
+                if end > self.size or self.item(pos, end) != end:
+                    raise _Bail
+                pos = end
+
+    def item(self, pos: int, end: int | None) -> int:
+        """Walk a sequence item's data set; returns where it ends."""
+        while end is None or pos < end:
+            tag, vr, length, pos = self.element(pos)
+            if tag == _ITEM_END and end is None:
+                return pos
+            if tag >> 16 == 0xFFFE or tag == _CHARSET:
+                raise _Bail  # misplaced delimiters; a character set is converted on reading
+            if length == _UNDEFINED:
+                pos = self.undefined(tag, vr, pos)
+                continue
+            pos += length
+            if pos > self.size:
+                raise _Bail
+        return pos
+
+
+def _read_raw_header(path: str, parts: Any, *, through: bool = False) -> _RawHeader:
+    """Walk a Part 10 file's elements; raise _Bail at anything unusual.
+
+    The walk stops at the pixel data, as pydicom's ``stop_before_pixels`` does; with
+    ``through`` it goes on past it to the end of the file (trailing padding, say), as a full
+    read does.
+    """
+    out = _RawHeader()
+    with open(path, "rb", buffering=0) as fh:
+        w = _Walker(fh, parts)
+        size = w.size
+        if size < 140 or w.buf[128:132] != b"DICM":
+            raise _Bail  # no preamble: pydicom guesses (force)
+        # File meta information: explicit VR little endian, group 0002.
+        pos, first = 132, True
+        while True:
+            off = w.window(pos, 8)
+            if w.buf[off + 1] != 0 or w.buf[off] != 2:
+                break
+            tag, vr, length, start = w.element(pos)
+            if vr is None or length == _UNDEFINED or start + length > size:
+                raise _Bail
+            if first:
+                # pydicom converts the first meta element to test the encoding
+                try:
+                    _convert(parts, tag, vr.decode(), w.value(start, length), False)
+                except Exception as exc:
+                    raise _Bail from exc
+                first = False
+            if tag == 0x00020010:
+                if vr != b"UI":
+                    raise _Bail
+                ts = _convert(parts, tag, "UI", w.value(start, length), False)
+                if not isinstance(ts, str) or not ts:
+                    raise _Bail
+                out.ts = str(ts)
+            elif tag == 0x00020002:
+                out.meta_sop_class = (vr, w.value(start, length))
+            pos = start + length
+        if not out.ts or out.ts in _NOT_EXPLICIT_LE or out.ts in parts.private_syntaxes:
+            raise _Bail
+        if through and out.ts not in (_IMPLICIT_LE, _EXPLICIT_LE):
+            raise _Bail  # compressed pixel data: pydicom decodes it
+        implicit = w.implicit = out.ts == _IMPLICIT_LE
+        off = w.window(pos, 8)
+        group = w.buf[off] | w.buf[off + 1] << 8
+        if group == 0:
+            raise _Bail  # command set elements
+        # pydicom checks the first element's VR bytes and follows them if they disagree
+        vr0, vr1 = w.buf[off + 4], w.buf[off + 5]
+        if (not (0x40 < vr0 < 0x5B and 0x40 < vr1 < 0x5B)) != implicit:
+            raise _Bail
+        values, flags = out.values, out.flags
+        element, short_vrs = w.element, w.short_vrs
+        while pos < size:
+            # The common short explicit element inline; everything else through w.element.
+            buf, off = w.buf, pos - w.base
+            if off < 0 or off + 8 > len(buf):
+                tag, vr, length, start = element(pos)
+            elif implicit:
+                group, elem, length = _IMPLICIT_HEAD(buf, off)
+                tag, vr, start = group << 16 | elem, None, pos + 8
+            else:
+                group, elem, vr, length = _EXPLICIT_HEAD(buf, off)
+                if vr in short_vrs and group != 0xFFFE:
+                    tag, start = group << 16 | elem, pos + 8
+                else:
+                    tag, vr, length, start = element(pos)
+            if tag in _PIXEL_TAGS:
+                if not through:
+                    out.pixel = (tag, vr, start, length)
+                    break
+                if out.pixel is not None or length == _UNDEFINED:
+                    raise _Bail
+                out.pixel = (tag, vr, start, length)
+                pos = start + length
+                if pos > size:
+                    raise _Bail
+                continue
+            if tag >> 16 == 0xFFFE:
+                raise _Bail
+            if length == _UNDEFINED:
+                if tag in _FAST_TAG_SET:
+                    raise _Bail
+                pos = w.undefined(tag, vr, start)
+                if tag in _SLOW_LOAD_TAGS:
+                    flags.add(tag)
+                continue
+            pos = start + length
+            if pos > size:
+                raise _Bail
+            if tag in _FAST_TAG_SET:
+                if tag in values:
+                    raise _Bail  # repeated: pydicom keeps the last one
+                values[tag] = (vr, w.value(start, length))
+            elif tag in _SLOW_LOAD_TAGS:
+                flags.add(tag)
+        out.implicit = implicit
+    charset = values.get(_CHARSET)
+    if charset is not None:
+        # pydicom converts it while reading; only standard single values are taken here
+        name = _convert(parts, _CHARSET, "CS", charset[1], implicit, charset[0])
+        if not isinstance(name, str) or name not in parts.python_encoding:
+            raise _Bail
+    return out
+
+
+def _convert(
+    parts: Any, tag: int, vr: str, value: bytes, implicit: bool, raw_vr: bytes | None = None
+) -> Any:
+    """pydicom's value for one element (pydicom's converter for the dictionary VR)."""
+    if raw_vr is not None and raw_vr != vr.encode():
+        raise _Bail  # another VR in the file: pydicom would convert with that one
+    if vr == "US":
+        if len(value) == 2:
+            return value[0] | value[1] << 8
+        if not value:
+            return None
+        raise _Bail
+    key = (vr, value)
+    if key in _VALUE_CACHE:
+        return _VALUE_CACHE[key]
+    if vr == "LO" and (not value.isascii() or b"\x1b" in value):
+        raise _Bail  # decoding depends on the character set
+    raw = parts.RawDataElement(tag, vr, len(value), value, 0, implicit, True)
+    converted = parts.convert_value(vr, raw, None)
+    if len(_VALUE_CACHE) >= 4096:
+        _VALUE_CACHE.clear()
+    _VALUE_CACHE[key] = converted
+    return converted
+
+
+# Converted values by (VR, encoded value): most of a series' header repeats from file to file.
+# Callers only read the values (never change a MultiValue in place).
+_VALUE_CACHE: dict[tuple[str, bytes], Any] = {}
+_VALUE_CACHE_STATE: list[tuple[Any, ...] | None] = [None]
+
+
+class _HeaderView:
+    """The part of a pydicom Dataset that the scan uses, over a _RawHeader."""
+
+    __slots__ = ("file_meta", "parts", "raw")
+
+    def __init__(self, raw: _RawHeader, parts: Any) -> None:
+        self.raw = raw
+        self.parts = parts
+        meta = {}
+        if raw.meta_sop_class is not None:
+            vr, value = raw.meta_sop_class
+            meta["MediaStorageSOPClassUID"] = _convert(parts, 0x00020002, "UI", value, False, vr)
+        self.file_meta = meta
+
+    def __contains__(self, keyword: str) -> bool:
+        return _FAST_TAGS[keyword][0] in self.raw.values
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        tag, vr = _FAST_TAGS[keyword]
+        entry = self.raw.values.get(tag)
+        if entry is None:
+            return default
+        return _convert(self.parts, tag, vr, entry[1], self.raw.implicit, entry[0])
+
+
+def _stored_padding(entry: tuple[bytes | None, bytes] | None, signed: bool) -> int | None:
+    """PixelPaddingValue / RangeLimit as a stored value (what _padding_mask's as_stored gives)."""
+    if entry is None:
+        return None
+    vr, value = entry
+    if vr not in (None, b"US", b"SS"):
+        raise _Bail
+    if not value:
+        return None
+    if len(value) != 2:
+        raise _Bail
+    return int.from_bytes(value, "little", signed=signed)
+
+
+@dataclass(frozen=True)
+class _Pixels:
+    """Where a fast-path slice's pixels are and how they become HU."""
+
+    offset: int
+    nbytes: int
+    signed: bool
+    bits_stored: int
+    padding: tuple[int, int | None] | None  # (PixelPaddingValue, PixelPaddingRangeLimit)
+    slope: float
+    intercept: float
+
+
+def _fast_frame(path: str, parts: Any) -> _Frame:
+    """A classic uncompressed CT file as a slice whose pixels are read later; or _Bail."""
+    raw = _read_raw_header(path, parts, through=True)
+    if raw.ts not in (_IMPLICIT_LE, _EXPLICIT_LE) or raw.flags or raw.pixel is None:
+        raise _Bail
+    tag, pixel_vr, offset, nbytes = raw.pixel
+    if tag != _PIXEL_DATA or pixel_vr not in (None, b"OW", b"OB"):
+        raise _Bail  # float pixel data
+    ds = _HeaderView(raw, parts)
+
+    def integer(keyword: str) -> int:
+        value = ds.get(keyword)
+        if type(value) is not int:  # a plain US value, nothing else
+            raise _Bail
+        return value
+
+    if integer("SamplesPerPixel") != 1 or integer("BitsAllocated") != 16:
+        raise _Bail
+    if ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        raise _Bail
+    frames = ds.get("NumberOfFrames")
+    if "NumberOfFrames" in ds and not (isinstance(frames, int) and frames == 1):
+        raise _Bail
+    ds.get("PlanarConfiguration")  # converted by pydicom's decoder: must be a valid US
+    rows, cols = integer("Rows"), integer("Columns")
+    bits_stored, representation = integer("BitsStored"), integer("PixelRepresentation")
+    if rows < 1 or cols < 1 or not 1 <= bits_stored <= 16 or representation not in (0, 1):
+        raise _Bail
+    if nbytes != rows * cols * 2:
+        raise _Bail  # pydicom warns, trims or finds extra frames: let it
+    slope = _float(ds.get("RescaleSlope"), 1.0)
+    intercept = _float(ds.get("RescaleIntercept"), 0.0)
+    if slope == 0.0:
+        raise _Bail
+    signed = representation == 1
+    lo = _stored_padding(raw.values.get(0x00280120), signed)
+    hi = _stored_padding(raw.values.get(0x00280121), signed)
+    spacing = _vector(ds.get("PixelSpacing"), 2)
+    return _Frame(
+        path=path,
+        index=0,
+        count=1,
+        hu=None,
+        shape=(rows, cols),
+        ipp=_vector(ds.get("ImagePositionPatient"), 3),
+        iop=_vector(ds.get("ImageOrientationPatient"), 6),
+        spacing=(float("nan"), float("nan")) if spacing is None else tuple(spacing),
+        thickness=_float(ds.get("SliceThickness")),
+        kvp=_float(ds.get("KVP")),
+        order=_float(ds.get("InstanceNumber"), float("inf")),
+        body_part=_text(ds.get("BodyPartExamined")),
+        patient=_text(ds.get("PatientID")),
+        study=_text(ds.get("StudyInstanceUID")),
+        manufacturer=_text(ds.get("Manufacturer")),
+        pixels=_Pixels(
+            offset=offset,
+            nbytes=nbytes,
+            signed=signed,
+            bits_stored=bits_stored,
+            padding=None if lo is None else (lo, hi),
+            slope=slope,
+            intercept=intercept,
+        ),
+    )
+
+
+def _read_pixels(path: str, px: _Pixels, out: np.ndarray) -> None:
+    """Read a fast-path slice's stored values into ``out`` (int16) and turn them into HU.
+
+    Exactly what pydicom's native decoder and :func:`_to_hu` give: the little-endian values,
+    with the unused high bits shifted out (sign-extending signed data) when BitsStored <
+    BitsAllocated, padding compared on stored values, then the rescale.
+    """
+    view = memoryview(out).cast("B")
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(px.offset)
+        done = 0
+        while done < px.nbytes:
+            n = fh.readinto(view[done:])
+            if not n:
+                raise _Bail  # the file shrank since its header was read
+            done += n
+    stored = out if px.signed else out.view(np.uint16)
+    if px.bits_stored < 16:
+        shift = 16 - px.bits_stored
+        np.left_shift(stored, shift, out=stored)
+        np.right_shift(stored, shift, out=stored)
+    padding = None
+    if px.padding is not None:
+        padding = _padding_values_mask(stored, *px.padding)
+    _hu_frame(stored, px.slope, px.intercept, out)
+    if padding is not None:
+        out[padding] = AIR_HU
+
+
+# --------------------------------------------------------------------------------------------
 # Scan
 # --------------------------------------------------------------------------------------------
 _Header = tuple[str, str, str, int]  # path, SeriesInstanceUID, SOPInstanceUID, frames
 
 
-def _scan_file(path: str) -> _Header | Skipped:
-    """Header-only check of one file: a usable CT image, or the reason it is not."""
+def _scan_file(path: str, parts: Any = None) -> _Header | Skipped:
+    """Header-only check of one file: a usable CT image, or the reason it is not.
+
+    ``parts`` (from :func:`_fast_parts`) enables the fast path; pydicom reads the file when
+    the fast path declines it.
+    """
+    if parts is not None:
+        try:
+            return _classify(path, _HeaderView(_read_raw_header(path, parts), parts))
+        except Exception:  # _Bail, or anything odd: the reference path decides
+            pass
     try:
         ds = _read(path, header_only=True, specific_tags=_SCAN_TAGS)
     except _Unusable as exc:
         return Skipped(path, exc.reason, exc.hint)
+    return _classify(path, ds)
+
+
+def _classify(path: str, ds: Any) -> _Header | Skipped:
+    """The scan's verdict from a header (a pydicom Dataset or a :class:`_HeaderView`)."""
     meta = getattr(ds, "file_meta", None)
     sop_class = _text(ds.get("SOPClassUID")) or _text(
         meta.get("MediaStorageSOPClassUID") if meta is not None else None
@@ -475,7 +1034,8 @@ def _scan_file(path: str) -> _Header | Skipped:
 
 
 def _scan_chunk(paths: Sequence[str]) -> list[_Header | Skipped]:
-    return [_scan_file(p) for p in paths]
+    parts = _fast_parts() if _fast_path_enabled() else None
+    return [_scan_file(p, parts) for p in paths]
 
 
 def _walk(paths: Sequence[str | Path], skipped: list[Skipped]) -> list[str]:
@@ -607,7 +1167,8 @@ class _Frame:
     path: str
     index: int  # frame index inside the file
     count: int  # frames in the file
-    hu: np.ndarray  # int16 (rows, cols)
+    hu: np.ndarray | None  # int16 (rows, cols); None until a fast-path slice is read
+    shape: tuple[int, int]  # (rows, cols)
     ipp: np.ndarray | None
     iop: np.ndarray | None
     spacing: tuple[float, float]
@@ -619,6 +1180,7 @@ class _Frame:
     study: str
     manufacturer: str
     position: float = float("nan")
+    pixels: _Pixels | None = None  # fast path: where the pixels are, read into the series array
 
     def label(self) -> str:
         """Suffix naming the frame inside a multi-frame file ("" for a classic file).
@@ -705,7 +1267,11 @@ def _decode(ds: Dataset) -> np.ndarray:
                 warnings.simplefilter("ignore")
                 arr, _ = decoder.as_array(ds, decoding_plugin=plugin)
             break
-        except Exception as exc:  # any plugin failure: try the next one
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        # Any plugin failure: try the next one. BaseException, because Rust-based plugins
+        # (pylibjpeg-rle) raise pyo3's PanicException on some corrupt data.
+        except BaseException as exc:
             error = exc
     else:
         # pydicom's messages run on with advice on group 0028; the first clause is the fact.
@@ -742,7 +1308,11 @@ def _padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     lo = as_stored(ds.get("PixelPaddingValue"))
     if lo is None:
         return None
-    hi = as_stored(ds.get("PixelPaddingRangeLimit"))
+    return _padding_values_mask(stored, lo, as_stored(ds.get("PixelPaddingRangeLimit")))
+
+
+def _padding_values_mask(stored: np.ndarray, lo: int, hi: int | None) -> np.ndarray | None:
+    """Pixels equal to the stored padding value ``lo``, or between it and ``hi``; or None."""
     if hi is not None:
         lo, hi = min(lo, hi), max(lo, hi)
         mask = (stored >= lo) & (stored <= hi)
@@ -751,20 +1321,39 @@ def _padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def _hu_frame(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
+    """One frame of stored values to int16 HU in ``out`` (``stored`` may be ``out`` itself).
+
+    ``HU = stored * slope + intercept``, rounded half to even and clipped to int16.
+    """
+    s, b = float(slope), float(intercept)
+    if s == 1.0 and b == round(b):
+        # Integer rescale (the common case): exact, and for 16-bit data whose result fits
+        # int16 no clip is needed, so one in-place add (modulo 2**16, then exact) does it.
+        ib = int(b)
+        dtype = stored.dtype
+        if dtype.itemsize == 2 and dtype.kind in "iu" and dtype.isnative and abs(ib) < 32768:
+            if ib == 0 and dtype.kind == "i":
+                if stored is not out:
+                    np.copyto(out, stored)
+                return
+            if int(stored.min()) + ib >= -32768 and int(stored.max()) + ib <= 32767:
+                np.add(stored.view(np.int16), np.int16(ib), out=out)
+                return
+        value = stored.astype(np.int32) + ib
+    else:
+        value = np.rint(stored.astype(np.float64) * s + b)
+    np.clip(value, -32768, 32767, out=value)
+    out[...] = value
+
+
 def _to_hu(
     stored: np.ndarray, slope: np.ndarray, intercept: np.ndarray, padding: np.ndarray | None
 ) -> np.ndarray:
     """Stored values (F, H, W) to int16 HU with per-frame slope and intercept (F,)."""
     out = np.empty(stored.shape, dtype=np.int16)
     for i in range(stored.shape[0]):
-        s, b = float(slope[i]), float(intercept[i])
-        if s == 1.0 and b == round(b):
-            # Integer rescale (the common case): exact and ~3x cheaper than float64.
-            value = stored[i].astype(np.int32) + int(b)
-        else:
-            value = np.rint(stored[i].astype(np.float64) * s + b)
-        np.clip(value, -32768, 32767, out=value)
-        out[i] = value
+        _hu_frame(stored[i], slope[i], intercept[i], out[i])
     if padding is not None:
         out[padding] = AIR_HU
     return out
@@ -852,7 +1441,7 @@ def _read_frames(path: str) -> list[_Frame]:
         manufacturer=_text(ds.get("Manufacturer")),
     )
     return [
-        _Frame(path=path, index=i, count=count, hu=hu[i], **metas[i], **common)
+        _Frame(path=path, index=i, count=count, hu=hu[i], shape=hu.shape[1:], **metas[i], **common)
         for i in range(count)
     ]
 
@@ -887,9 +1476,27 @@ def load_series(ref: SeriesRef, pseudo: Pseudonymizer) -> tuple[SeriesData | Non
         ImportError: If pydicom is not installed.
     """
     _import_pydicom()
+    return _load_series(ref, pseudo, fast=_fast_path_enabled())
+
+
+def _load_series(
+    ref: SeriesRef, pseudo: Pseudonymizer, *, fast: bool
+) -> tuple[SeriesData | None, list[Skipped]]:
+    """load_series; ``fast`` lets classic uncompressed files take the fast path.
+
+    Fast-path slices carry their metadata only: once the slices to keep and their order are
+    known, their pixels are read straight into the series array.
+    """
+    parts = _fast_parts() if fast else None
     skipped: list[Skipped] = []
     frames: list[_Frame] = []
     for path in sorted(ref.files):
+        if parts is not None:
+            try:
+                frames.append(_fast_frame(path, parts))
+                continue
+            except Exception:  # _Bail, or anything odd: the reference path decides
+                pass
         try:
             frames.extend(_read_frames(path))
         except _Unusable as exc:
@@ -898,7 +1505,7 @@ def load_series(ref: SeriesRef, pseudo: Pseudonymizer) -> tuple[SeriesData | Non
         return None, skipped
 
     # Keep the majority size: a store holds one shape per series.
-    sizes = [f.hu.shape for f in frames]
+    sizes = [f.shape for f in frames]
     size = _majority(sizes, rank=lambda s: (s[0] * s[1], s))
     kept: list[_Frame] = []
     for frame, shape in zip(frames, sizes, strict=True):
@@ -965,10 +1572,21 @@ def load_series(ref: SeriesRef, pseudo: Pseudonymizer) -> tuple[SeriesData | Non
     def common(values: list[str]) -> str:
         return _majority(values, rank=lambda v: (v != "", v))
 
+    hu = np.empty((len(frames), *size), dtype=np.int16)
+    try:
+        for out, frame in zip(hu, frames, strict=True):
+            if frame.pixels is None:
+                out[...] = frame.hu
+            else:
+                _read_pixels(frame.path, frame.pixels, out)
+    except (_Bail, OSError):
+        # A file changed between its header and its pixels: start over the reference way.
+        return _load_series(ref, pseudo, fast=False)
+
     patient = common([f.patient for f in frames])
     study = common([f.study for f in frames])
     data = SeriesData(
-        hu=np.stack([f.hu for f in frames]),
+        hu=hu,
         patient=pseudo.key("patient", patient) if patient else pseudo.key("study", study),
         study=pseudo.key("study", study),
         series=ref.uid_key,

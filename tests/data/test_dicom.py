@@ -669,3 +669,326 @@ def test_imports_without_pydicom() -> None:
     subprocess.run(
         [sys.executable, "-c", code], check=True, cwd=Path(dicom_mod.__file__).parents[2]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Fast path (classic uncompressed files read without pydicom's Dataset machinery)
+# --------------------------------------------------------------------------------------------
+def reference_load(ref: SeriesRef, pseudo: Pseudonymizer) -> Any:
+    """load_series through pydicom only (or the exception it raises)."""
+    try:
+        return dicom_mod._load_series(ref, pseudo, fast=False)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+def fast_load(ref: SeriesRef, pseudo: Pseudonymizer) -> Any:
+    try:
+        return dicom_mod._load_series(ref, pseudo, fast=True)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+def assert_same_series(got: SeriesData | None, expected: SeriesData | None) -> None:
+    assert (got is None) == (expected is None)
+    if got is None:
+        return
+    for field in fields(SeriesData):
+        a, b = getattr(got, field.name), getattr(expected, field.name)
+        if isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and a.shape == b.shape, field.name
+            np.testing.assert_array_equal(a, b, err_msg=field.name)  # NaN equals NaN here
+        else:
+            assert a == b, field.name
+
+
+def assert_same_load(got: Any, expected: Any) -> None:
+    if isinstance(expected[0], type):  # an exception
+        assert got == expected
+        return
+    assert_same_series(got[0], expected[0])
+    assert got[1] == expected[1]
+
+
+def takes_fast_load(path: str | Path) -> bool:
+    try:
+        dicom_mod._fast_frame(str(path), dicom_mod._fast_parts())
+    except dicom_mod._Bail:
+        return False
+    return True
+
+
+def assert_fast_matches_reference(path: str | Path, pseudo: Pseudonymizer) -> None:
+    """Scan verdict and loaded series of one file: the same with and without the fast path."""
+    path = str(path)
+    parts = dicom_mod._fast_parts()
+    assert dicom_mod._scan_file(path, parts) == dicom_mod._scan_file(path, None), path
+    ref = SeriesRef(pseudo.key("series", path), [path], 1)
+    assert_same_load(fast_load(ref, pseudo), reference_load(ref, pseudo))
+
+
+@needs_pydicom
+def test_fast_path_tags_and_vrs_are_pydicom_s() -> None:
+    for keyword, (tag, vr) in dicom_mod._FAST_TAGS.items():
+        assert pydicom.datadict.tag_for_keyword(keyword) == tag
+        assert pydicom.datadict.dictionary_VR(tag) == vr
+    assert set(dicom_mod._SCAN_TAGS) <= set(dicom_mod._FAST_TAGS)
+
+
+@needs_pydicom
+def test_fast_path_is_on_by_default_and_off_for_configured_pydicom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert dicom_mod._fast_path_enabled()
+    with monkeypatch.context() as m:
+        m.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.RAISE)
+        assert not dicom_mod._fast_path_enabled()
+    with monkeypatch.context() as m:
+        m.setattr(pydicom.hooks.hooks, "raw_element_value", lambda raw, data, **kw: None)
+        assert not dicom_mod._fast_path_enabled()
+    monkeypatch.setattr(dicom_mod, "_FAST_PATH", False)
+    assert not dicom_mod._fast_path_enabled()
+
+
+def test_fast_path_matches_reference_on_synthetic_set(
+    synth: SynthSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for ref in synth.series:
+        assert_same_load(synth.loaded[ref.uid_key], reference_load(ref, synth.pseudo))
+    monkeypatch.setattr(dicom_mod, "_FAST_PATH", False)
+    assert scan_dicom([synth.root], synth.pseudo) == (synth.series, synth.skipped)
+
+
+def test_fast_path_takes_classic_uncompressed_slices_only(synth: SynthSet) -> None:
+    parts = dicom_mod._fast_parts()
+    for plan in synth.plans.values():
+        for path in sorted((synth.root / plan.directory).iterdir()):
+            compressed = plan.variant in ("rle", "jpeg2000", "jpegls", "jpeglossless")
+            odd = path.name in ("notes.dcm", "truncated_header.dcm") or (
+                plan.variant == "broken" and path.name == f"IM{SLICES:04d}.dcm"  # truncated
+            )
+            no_pixels = plan.variant == "mixed" and path.name == "IM0003.dcm"
+            uncompressed = not (compressed or odd or no_pixels or plan.variant == "enhanced")
+            assert takes_fast_load(path) == uncompressed, path
+            # The scan reads the header of every well-formed file itself, compressed or not.
+            if not odd:
+                dicom_mod._read_raw_header(str(path), parts)
+
+
+def test_plain_series_never_reach_pydicom(synth: SynthSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the fast path should have read this file")
+
+    monkeypatch.setattr(dicom_mod, "_read", boom)
+    for variant in ("plain", "intercept", "padding", "slope", "shuffled"):
+        for plan in (p for p in synth.plans.values() if p.variant == variant):
+            series, skipped = scan_dicom([synth.root / plan.directory], synth.pseudo)
+            assert skipped == [] and series == [synth.ref_of(plan.directory)]
+            assert_same_load(load_series(series[0], synth.pseudo), synth.loaded[series[0].uid_key])
+
+
+@needs_pydicom
+def test_fast_path_matches_reference_on_bundled_files() -> None:
+    pseudo = Pseudonymizer(SECRET)
+    root = Path(get_testdata_file("CT_small.dcm")).parent
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    assert len(paths) > 50
+    for path in paths:
+        assert_fast_matches_reference(path, pseudo)
+    # Trailing padding after the pixel data (CT_small), implicit VR, undefined-length
+    # sequences (the dicomdirtests files): all taken by the fast path.
+    assert takes_fast_load(root / "CT_small.dcm")
+    assert takes_fast_load(root / "MR_small_implicit.dcm")
+    for name in ("MR_small_bigendian.dcm", "ExplVR_BigEnd.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"):
+        assert not takes_fast_load(root / name)
+    dicomdir = root / "dicomdirtests"
+    if dicomdir.is_dir():
+        ct = sorted((dicomdir / "98892001" / "CT5N").iterdir())
+        assert ct and all(takes_fast_load(p) for p in ct)
+
+
+def garbage_high_bits(values: np.ndarray, bits: int, seed: int) -> np.ndarray:
+    """Stored values with random bits above BitsStored (the standard says: ignore them)."""
+    low = values.astype(np.int64) & ((1 << bits) - 1)
+    noise = np.random.default_rng(seed).integers(0, 1 << (16 - bits), values.shape) << bits
+    return (low | noise).astype(np.uint16)
+
+
+def _bits12_signed(ds: Any) -> None:
+    hu = np.clip(ds.pixel_array.astype(np.int64), -2048, 2047)
+    raw = garbage_high_bits(hu, 12, seed=1)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 1
+    ds.PixelData = raw.view(np.int16).tobytes()
+
+
+def _bits12_unsigned(ds: Any) -> None:  # from the "intercept" variant: unsigned, 12 bits
+    ds.PixelData = garbage_high_bits(ds.pixel_array, 12, seed=2).tobytes()
+
+
+def _bits5_signed(ds: Any) -> None:
+    raw = garbage_high_bits(ds.pixel_array.astype(np.int64) % 32 - 16, 5, seed=3)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 5, 4, 1
+    ds.PixelData = raw.view(np.int16).tobytes()
+
+
+def _unsigned_beyond_int16(ds: Any) -> None:  # HU above 32767 must clip
+    raw = np.random.default_rng(4).integers(0, 65536, ds.pixel_array.shape).astype(np.uint16)
+    ds.PixelRepresentation, ds.RescaleIntercept = 0, 0
+    ds.PixelData = raw.tobytes()
+
+
+def _undefined_length_sequences(ds: Any) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator = "T-D0050", "SRT"
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    item.PurposeOfReferenceCodeSequence = Sequence([inner])
+    item["PurposeOfReferenceCodeSequence"].is_undefined_length = True
+    item.is_undefined_length_sequence_item = True
+    ds.ReferencedImageSequence = Sequence([item, Dataset()])  # and an empty item
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    ds.ReferencedImageSequence[1].is_undefined_length_sequence_item = True
+    ds.SourceImageSequence = Sequence([])  # defined length, empty
+    block = ds.private_block(0x0009, "RADENGINE TEST", create=True)
+    block.add_new(0x10, "SQ", Sequence([Dataset()]))
+    ds[block.get_tag(0x10)].is_undefined_length = True
+    ds.DataSetTrailingPadding = b"\0" * 10  # after the pixel data
+
+
+def _implicit(ds: Any) -> None:
+    _undefined_length_sequences(ds)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+
+
+def _non_ascii_patient(ds: Any) -> None:
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientID = "MÜLLER-7"
+
+
+def _modality_lut(ds: Any) -> None:
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.ModalityLUTType = "HU"
+    lut.LUTData = (np.arange(4096) - 1024).astype(np.uint16).tobytes()
+    lut["LUTData"].VR = "OW"
+    ds.ModalityLUTSequence = [lut]
+    del ds.RescaleSlope, ds.RescaleIntercept
+
+
+def _odd_values(ds: Any) -> None:
+    ds.RescaleSlope = [1, 2]  # multi-valued: read as no slope
+    ds.KVP = None  # empty
+    ds.SliceThickness = "  "  # blank
+    ds.InstanceNumber = "7.0"
+    ds.ImageType = "LOCALIZER"  # a single value is not a list of values
+    ds.NumberOfFrames = 1
+    ds.PhotometricInterpretation = "MONOCHROME1"
+
+
+def _setter(**values: Any) -> Any:
+    def edit(ds: Any) -> None:
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+
+    return edit
+
+
+# name: (source variant, edit, expected to take the fast path)
+FAST_PATH_EDITS: dict[str, tuple[str, Any, bool]] = {
+    "bits12-signed-garbage": ("plain", _bits12_signed, True),
+    "bits12-unsigned-garbage": ("intercept", _bits12_unsigned, True),
+    "bits5-signed-garbage": ("plain", _bits5_signed, True),
+    "unsigned-beyond-int16": ("intercept", _unsigned_beyond_int16, True),
+    "intercept-clips": ("plain", _setter(RescaleIntercept=32000), True),
+    "sequences-and-trailing-padding": ("padding", _undefined_length_sequences, True),
+    "implicit-vr": ("padding", _implicit, True),
+    "odd-values": ("intercept", _odd_values, True),
+    "zero-slope": ("plain", _setter(RescaleSlope=0), False),
+    "non-ascii-patient": ("plain", _non_ascii_patient, False),
+    "modality-lut": ("intercept", _modality_lut, False),
+    "two-frames": ("plain", _setter(NumberOfFrames=2), False),
+    "excess-pixel-bytes": ("plain", lambda ds: setattr(ds, "PixelData", ds.PixelData + b"\0\0"), False),
+    "rgb": ("plain", _setter(SamplesPerPixel=3, PlanarConfiguration=0), False),
+    "bits-allocated-32": ("plain", _setter(BitsAllocated=32), False),
+    "functional-groups": ("plain", _setter(SharedFunctionalGroupsSequence=[]), False),
+}  # fmt: skip
+
+
+FAST_PATH_HU_CHECKED = {
+    "bits12-signed-garbage",
+    "bits12-unsigned-garbage",
+    "bits5-signed-garbage",
+    "unsigned-beyond-int16",
+    "intercept-clips",
+}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # the odd values, on purpose
+@pytest.mark.parametrize("name", list(FAST_PATH_EDITS))
+def test_fast_path_matches_reference_on_edited_files(
+    synth: SynthSet, tmp_path: Path, name: str
+) -> None:
+    variant, edit, fast = FAST_PATH_EDITS[name]
+    plan = next(p for p in synth.plans.values() if p.variant == variant and p.patient == 1)
+    path = tmp_path / f"{name}.dcm"
+    for source in sorted((synth.root / plan.directory).iterdir())[:2]:  # even and odd slices
+        ds = pydicom.dcmread(source)
+        edit(ds)
+        ds.save_as(path, enforce_file_format=True)
+        assert takes_fast_load(path) == fast
+        assert_fast_matches_reference(path, synth.pseudo)
+        if name in FAST_PATH_HU_CHECKED:
+            # HU from pydicom's decoder (it ignores the unused high bits) and modality LUT.
+            expected, _ = modality_hu(str(path))
+            data, _ = load_series(SeriesRef("k", [str(path)], 1), synth.pseudo)
+            np.testing.assert_array_equal(data.hu[0], np.clip(expected, -32768, 32767))
+
+
+def test_file_changed_after_its_header_was_read(
+    synth: SynthSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = next(p for p in synth.plans.values() if p.variant == "plain")
+    shutil.copytree(synth.root / plan.directory, tmp_path / "s")
+    series, _ = scan_dicom([tmp_path / "s"], synth.pseudo)
+    victim = series[0].files[3]
+    real = dicom_mod._fast_frame
+
+    def then_truncate(path: str, parts: Any) -> Any:
+        frame = real(path, parts)
+        if path == victim:
+            os.truncate(path, os.path.getsize(path) - 100)
+        return frame
+
+    monkeypatch.setattr(dicom_mod, "_fast_frame", then_truncate)
+    data, bad = load_series(series[0], synth.pseudo)
+    assert [(s.path, s.reason.split(":")[0]) for s in bad] == [(victim, "truncated pixel data")]
+    assert_same_load((data, bad), reference_load(series[0], synth.pseudo))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int32])
+def test_hu_frame_is_the_rounded_clipped_rescale(dtype: type) -> None:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(5)
+    stored = rng.integers(max(info.min, -40000), min(info.max, 70000), (32, 32), endpoint=True)
+    stored = stored.astype(dtype)
+    if stored.dtype.itemsize <= 2:  # (32-bit extremes overflow the int32 sum, as they did)
+        stored.flat[:2] = info.min, info.max
+    for slope, intercept in [
+        (1.0, 0.0), (1.0, -1024.0), (1.0, 1024.0), (1.0, -32768.0), (1.0, 32767.0),
+        (1.0, 40000.0), (1.0, -1e6), (1.0, 0.5), (2.0, -1024.0), (0.3, -1024.5), (-1.0, 0.0),
+    ]:  # fmt: skip
+        expected = np.rint(stored.astype(np.float64) * slope + intercept)
+        expected = np.clip(expected, -32768, 32767).astype(np.int16)
+        out = np.empty(stored.shape, np.int16)
+        dicom_mod._hu_frame(stored, slope, intercept, out)
+        np.testing.assert_array_equal(out, expected, err_msg=f"{slope} {intercept}")
+        if stored.dtype.itemsize == 2:  # in place, as the fast path does
+            buffer = stored.copy()
+            dicom_mod._hu_frame(buffer, slope, intercept, buffer.view(np.int16))
+            np.testing.assert_array_equal(buffer.view(np.int16), expected)
