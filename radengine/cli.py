@@ -186,7 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--out", required=True, help="store directory (an unfinished one resumes)")
         q.add_argument("--size", type=int, default=size, help=f"pixels per side (default {size})")
         q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-        q.add_argument("--shard-slices", type=int, default=1024, help="slices per shard")
+        q.add_argument(
+            "--shard-slices",
+            type=int,
+            default=None,
+            help="slices per shard (default: 1/64 of the input, 64 to 1024)",
+        )
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("store", help="inspect or verify a store")

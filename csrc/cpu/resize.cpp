@@ -67,7 +67,13 @@ inline T from_float(float v) {
   } else {
     const float lo = static_cast<float>(std::numeric_limits<T>::min());
     const float hi = static_cast<float>(std::numeric_limits<T>::max());
-    return static_cast<T>(std::nearbyint(std::min(std::max(v, lo), hi)));
+    v = std::min(std::max(v, lo), hi);
+    // Round half to even without a libm call (std::nearbyint is one on baseline x86-64,
+    // which lacks roundps): adding and subtracting 1.5 * 2^23 leaves the nearest integer
+    // under the default rounding mode, exact for |v| < 2^22 (int16 and uint8 ranges).
+    // Compilers keep the two operations: without -ffast-math they may not fold them.
+    constexpr float kMagic = 12582912.0f;
+    return static_cast<T>((v + kMagic) - kMagic);
   }
 }
 

@@ -12,13 +12,14 @@ it (folder names of hospital archives can hold patient names).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,6 +67,14 @@ def work_dir(store: str | Path) -> Path:
     return store.with_name(store.name + ".ingest")
 
 
+def default_shard_slices(units: Sequence[Unit]) -> int:
+    """About 1/64 of the input per shard, within [64, 1024] slices: small inputs still spread
+    over every worker, large ones get few files. It depends on the input alone (never on
+    --workers), so a rerun with other settings resumes the same plan."""
+    total = sum(max(1, u.slices) for u in units)
+    return int(min(1024, max(64, -(-total // 64))))
+
+
 def plan_shards(units: Sequence[Unit], shard_slices: int) -> list[list[Unit]]:
     """Group units, in key order, into consecutive shards of about ``shard_slices``."""
     shards: list[list[Unit]] = []
@@ -98,7 +107,7 @@ def _square(hu: np.ndarray) -> np.ndarray:
 
 
 def _resize_slices(images: np.ndarray, size: int) -> np.ndarray:
-    from radengine.ops.resize import resize_array
+    from radengine.numpy_ops import resize_array
 
     if images.shape[1:3] == (size, size):
         return np.ascontiguousarray(images)
@@ -195,7 +204,7 @@ def _ct_shard_worker(
             }
         )
         series += 1
-    _write_errors(Path(errors), skipped)
+    _write_shard_errors(Path(errors), skipped)
     arrays = {"image": np.concatenate(images) if images else np.empty((0, size, size), np.int16)}
     cols = _concat_columns(columns, CT_EMPTY)
     commit_shard(store, "ct", {k: ArraySpec(**v) for k, v in specs.items()}, shard, arrays, cols)
@@ -232,6 +241,15 @@ def _write_errors(path: Path, skipped: list[dict]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(s) + "\n" for s in skipped).encode())
 
 
+def _write_shard_errors(path: Path, skipped: list[dict]) -> None:
+    """A shard's skipped files, written before the shard commits; none written when there
+    are none (a missing file reads as no errors), which saves two fsyncs per clean shard."""
+    if skipped:
+        _write_errors(path, skipped)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def ingest_ct(
     sources: Sequence[str | Path],
     out: str | Path,
@@ -239,7 +257,7 @@ def ingest_ct(
     size: int = 256,
     workers: int | None = None,
     secret: str | Path | None = None,
-    shard_slices: int = 1024,
+    shard_slices: int | None = None,
     progress: bool = True,
 ) -> IngestSummary:
     """Ingest DICOM series and NIfTI volumes under ``sources`` into a CT store at ``out``.
@@ -252,11 +270,10 @@ def ingest_ct(
         workers: processes (default: all cores).
         secret: the pseudonymisation secret file (default: see
             :func:`radengine.data.privacy.load_or_create_secret`); never inside the store.
-        shard_slices: about how many slices per shard.
+        shard_slices: about how many slices per shard (default: :func:`default_shard_slices`).
         progress: show a progress bar.
     """
     from radengine.data.privacy import Pseudonymizer, ensure_outside, load_or_create_secret
-    from radengine.data.synthetic import BODY_REGIONS
 
     if size < 8:
         raise ValueError(f"size must be >= 8 pixels, got {size}")
@@ -265,7 +282,17 @@ def ingest_ct(
     pseudo = Pseudonymizer(key)
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
+    with _worker_pool(workers) as pool:
+        return _ingest_ct(
+            sources, out, size, shard_slices, pool, workers, pseudo, key, progress, t0
+        )
+
+
+def _ingest_ct(sources, out, size, shard_slices, pool, workers, pseudo, key, progress, t0):
+    from radengine.data.synthetic import BODY_REGIONS
+
     units, skipped = scan_ct(sources, pseudo, workers=workers)
+    shard_slices = shard_slices or default_shard_slices(units)
     meta = {
         "classes": list(BODY_REGIONS),
         "label": "body_region",
@@ -274,7 +301,7 @@ def ingest_ct(
     }
     writer = StoreWriter(out, "ct", {"image": ArraySpec("int16", (size, size))}, meta)
     return _run(
-        writer, units, skipped, shard_slices, workers, progress, t0, _ct_shard_worker, (size, key)
+        writer, units, skipped, shard_slices, pool, progress, t0, _ct_shard_worker, (size, key)
     )
 
 
@@ -285,7 +312,7 @@ def _image_shard_worker(
     store: str, specs: dict, shard: int, units: list[Unit], size: int, root: str, errors: str
 ) -> tuple[int, int, int, list[dict]]:
     from radengine.data.images import ImageReadError, load_image, resize_shorter_center_crop
-    from radengine.ops.resize import resize_array
+    from radengine.numpy_ops import resize_array
 
     def our_resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
         return resize_array(img[None], (h, w))[0]
@@ -301,7 +328,7 @@ def _image_shard_worker(
         images.append(resize_shorter_center_crop(img, size, resize=our_resize))
         labels.append(label)
         keys.append(unit.key)
-    _write_errors(Path(errors), skipped)
+    _write_shard_errors(Path(errors), skipped)
     arrays = {"image": np.stack(images) if images else np.empty((0, size, size, 3), dtype=np.uint8)}
     k = np.array(keys, dtype=str)
     cols = {"label": np.array(labels, dtype=np.int64), "patient": k, "study": k, "series": k}
@@ -317,7 +344,7 @@ def ingest_images(
     *,
     size: int = 224,
     workers: int | None = None,
-    shard_slices: int = 1024,
+    shard_slices: int | None = None,
     progress: bool = True,
 ) -> IngestSummary:
     """Ingest an ImageFolder (one subfolder per class) into an "images" store: uint8 RGB,
@@ -331,23 +358,25 @@ def ingest_images(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory (expected ROOT/<class>/<image>)")
-    items, classes, skipped = scan_image_folder(root)
-    units = []
-    for path, label in items:
-        rel = os.path.relpath(path, root)
-        key = "img-" + hashlib.sha256(rel.encode()).hexdigest()[:16]
-        units.append(Unit("image", key, 1, (str(path), int(label))))
-    meta = {
-        "classes": list(classes),
-        "label": "class",
-        "synthetic": False,
-        "source": {"ingest": "images", "size": size, "shard_slices": shard_slices},
-    }
-    writer = StoreWriter(out, "images", {"image": ArraySpec("uint8", (size, size, 3))}, meta)
-    return _run(
-        writer, units, skipped, shard_slices, workers, progress, t0, _image_shard_worker,
-        (size, str(root)),
-    )  # fmt: skip
+    with _worker_pool(workers) as pool:
+        items, classes, skipped = scan_image_folder(root)
+        units = []
+        for path, label in items:
+            rel = os.path.relpath(path, root)
+            key = "img-" + hashlib.sha256(rel.encode()).hexdigest()[:16]
+            units.append(Unit("image", key, 1, (str(path), int(label))))
+        shard_slices = shard_slices or default_shard_slices(units)
+        meta = {
+            "classes": list(classes),
+            "label": "class",
+            "synthetic": False,
+            "source": {"ingest": "images", "size": size, "shard_slices": shard_slices},
+        }
+        writer = StoreWriter(out, "images", {"image": ArraySpec("uint8", (size, size, 3))}, meta)
+        return _run(
+            writer, units, skipped, shard_slices, pool, progress, t0, _image_shard_worker,
+            (size, str(root)),
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- shared driver
@@ -358,7 +387,31 @@ def _reason_class(reason: str) -> str:
     return reason.split(":")[0].split("(")[0].strip()[:60] or "unknown"
 
 
-def _run(writer, units, skipped, shard_slices, workers, progress, t0, worker_fn, args):
+def _warm_worker() -> None:
+    """Worker start-up: import what the shard workers use while the parent still scans."""
+    import radengine.data.dicom
+    import radengine.numpy_ops
+
+    with contextlib.suppress(ImportError):
+        radengine.data.dicom._import_pydicom()
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A pool of ``workers`` processes, started at once so that their start-up (interpreter,
+    imports) overlaps the header scan; None for one worker (work runs in this process)."""
+    if workers <= 1:
+        yield None
+        return
+    # spawn, not fork: OpenMP runtimes (ours and torch's) are not fork-safe.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_warm_worker) as pool:
+        for _ in range(workers):
+            pool.submit(int)  # a trivial task starts each process now
+        yield pool
+
+
+def _run(writer, units, skipped, shard_slices, pool, progress, t0, worker_fn, args):
     plan = plan_shards(units, shard_slices)
     done = writer.completed()
     wd = work_dir(writer.path)
@@ -387,16 +440,13 @@ def _run(writer, units, skipped, shard_slices, workers, progress, t0, worker_fn,
             bar.update(sum(u.slices for u in plan[shard]))
             bar.set_postfix(shards=f"{summary.shards_written}/{len(todo)}")
 
-    if workers <= 1 or len(todo) <= 1:
+    if pool is None or len(todo) <= 1:
         for job in jobs():
             account(worker_fn(*job))
     else:
-        # spawn, not fork: OpenMP runtimes (ours and torch's) are not fork-safe.
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = [pool.submit(worker_fn, *job) for job in jobs()]
-            for fut in as_completed(futures):
-                account(fut.result())
+        futures = [pool.submit(worker_fn, *job) for job in jobs()]
+        for fut in as_completed(futures):
+            account(fut.result())
     if bar is not None:
         bar.close()
 

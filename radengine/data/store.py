@@ -73,8 +73,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+def atomic_write_bytes(path: Path, data: bytes | memoryview, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    ``sync_dir=False`` leaves the directory entry's durability to a later fsync of the
+    directory (one for several files, as :func:`commit_shard` does)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -82,7 +85,8 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -258,13 +262,14 @@ def commit_shard(
     blobs = {f"{shard:06d}.{k}.bin": np.ascontiguousarray(a).data for k, a in arrays.items()}
     blobs[f"{shard:06d}.index.npz"] = memoryview(_npz_bytes(cols))
     for (name, blob), key in zip(blobs.items(), [*arrays, "index"], strict=True):
-        atomic_write_bytes(shards / name, blob)
+        atomic_write_bytes(shards / name, blob, sync_dir=False)
         files[key] = {
             "file": name,
             "bytes": blob.nbytes,
             "sha256": hashlib.sha256(blob).hexdigest(),
         }
     manifest = {"shard": shard, "count": int(n), "files": files}
+    _fsync_dir(shards)  # the data files' names are durable before the manifest names them
     atomic_write_json(shards / f"{shard:06d}.json", manifest)
     return manifest
 

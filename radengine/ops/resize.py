@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from radengine import _native
+from radengine.numpy_ops import resize_array
 from radengine.ops import _dispatch
 
 DTYPES = (torch.int16, torch.uint8, torch.float32)
+__all__ = ["reference_resize", "resize", "resize_array"]
 
 
 def resize(x: Tensor, size: int | Sequence[int], *, backend: str | None = None) -> Tensor:
@@ -51,32 +52,6 @@ def resize(x: Tensor, size: int | Sequence[int], *, backend: str | None = None) 
     if min(x.shape[1:3]) < 1:
         raise ValueError(f"x has an empty image side: shape {tuple(x.shape)}")
     return torch.ops.radengine.resize(x, hw, _dispatch.requested_backend(backend) or "")
-
-
-def resize_array(a: np.ndarray, size: int | Sequence[int], *, num_threads: int = 1) -> np.ndarray:
-    """:func:`resize` for numpy arrays in data-loader and ingest workers.
-
-    Calls the C++ kernel directly on the array's buffer: no torch dispatch (whose first call
-    in a fresh process costs about a second of imports), ``num_threads`` OpenMP threads
-    (1 suits one process per core). Falls back to :func:`reference_resize` without it.
-    """
-    if a.dtype not in (np.int16, np.uint8, np.float32) or a.ndim not in (3, 4):
-        raise ValueError(
-            f"a must be int16, uint8 or float32 (B, H, W[, C]); got {a.dtype} {a.shape}"
-        )
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if min(h, w) < 1 or min(a.shape[1:3]) < 1:
-        raise ValueError(f"bad sizes: {a.shape} -> {(h, w)}")
-    if _native.cpu is None:
-        return reference_resize(torch.from_numpy(np.require(a, requirements="CW")), (h, w)).numpy()
-    a = np.ascontiguousarray(a)
-    B, H, W = a.shape[:3]
-    C = a.shape[3] if a.ndim == 4 else 1
-    out = np.empty((B, h, w, *a.shape[3:]), dtype=a.dtype)
-    if B:
-        code = _native.DTYPE_CODES[a.dtype.name]
-        _native.cpu.resize(a.ctypes.data, out.ctypes.data, B, H, W, C, h, w, code, num_threads)
-    return out
 
 
 def reference_resize(x: Tensor, size: Sequence[int]) -> Tensor:
