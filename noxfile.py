@@ -47,6 +47,6 @@ def lint(session: nox.Session) -> None:
 @nox.session(venv_params=VENV)
 def bench(session: nox.Session) -> None:
     """Every benchmarks/bench_*.py; arguments after `--` go to each script."""
-    _install_radengine(session, "triton")
+    _install_radengine(session, "triton,dicom,images")
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
