@@ -72,7 +72,7 @@ import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -1082,6 +1082,7 @@ def scan_dicom(
     workers: int = 1,
     *,
     progress: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> tuple[list[SeriesRef], list[Skipped]]:
     """Find the CT series under files and directories, reading headers only.
 
@@ -1097,6 +1098,9 @@ def scan_dicom(
         workers: Worker processes for the header reads (1 = in this process). Trees of fewer
             than 4096 files are scanned in this process anyway: starting workers costs more.
         progress: Called with the number of files finished after each batch.
+        executor: An already running process pool to read headers in (ingest passes the
+            pool its shard workers will use, so no second pool is started); then used
+            whenever there are more than a few hundred files, whatever ``workers`` says.
 
     Returns:
         ``(series, skipped)``: series sorted by ``uid_key``, each with its files sorted by
@@ -1113,7 +1117,14 @@ def scan_dicom(
     skipped: list[Skipped] = []
     files = _walk(paths, skipped)
     results: list[_Header | Skipped] = []
-    if workers == 1 or len(files) < _MIN_FILES_FOR_PROCESSES:
+    if executor is not None and len(files) > 256:
+        size = max(16, min(512, len(files) // (workers * 8) or 1))
+        chunks = list(_chunks(files, size))
+        for chunk, part in zip(chunks, executor.map(_scan_chunk, chunks), strict=True):
+            results.extend(part)
+            if progress is not None:
+                progress(len(chunk))
+    elif workers == 1 or len(files) < _MIN_FILES_FOR_PROCESSES:
         for chunk in _chunks(files, 256):
             results.extend(_scan_chunk(chunk))
             if progress is not None:

@@ -134,7 +134,7 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1):
+def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1, executor=None):
     """Find DICOM series and NIfTI volumes under ``sources``: (units, skipped)."""
     from radengine.data import dicom, nifti
 
@@ -151,7 +151,9 @@ def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1):
                 rel[os.path.abspath(f)] = f.name if src.is_file() else str(f.relative_to(src))
             else:
                 files.append(f)
-    refs, skipped = dicom.scan_dicom(files, pseudo, workers=workers) if files else ([], [])
+    refs, skipped = (
+        dicom.scan_dicom(files, pseudo, workers=workers, executor=executor) if files else ([], [])
+    )
     units = [Unit("dicom", f"d:{r.uid_key}", r.frames, r) for r in refs]
     volumes, nskipped = nifti.scan_nifti(nifti_files) if nifti_files else ([], [])
     skipped += nskipped
@@ -291,7 +293,7 @@ def ingest_ct(
 def _ingest_ct(sources, out, size, shard_slices, pool, workers, pseudo, key, progress, t0):
     from radengine.data.synthetic import BODY_REGIONS
 
-    units, skipped = scan_ct(sources, pseudo, workers=workers)
+    units, skipped = scan_ct(sources, pseudo, workers=workers, executor=pool)
     shard_slices = shard_slices or default_shard_slices(units)
     meta = {
         "classes": list(BODY_REGIONS),

@@ -233,3 +233,17 @@ def test_file_lists(tmp_path):
     ]  # fmt: skip
     with pytest.raises(FileNotFoundError, match="file list not found"):
         ingest.expand_sources(["@" + str(tmp_path / "missing.txt")])
+
+
+def test_ingest_ct_parallel_equals_serial(tmp_path):
+    """Above 256 files the header scan also runs in the worker pool; same store either way."""
+    pytest.importorskip("pydicom")
+    from radengine.data.dicom_synth import available_variants, write_synthetic_dicom
+
+    files = write_synthetic_dicom(tmp_path / "dcm", 3, 8, 32, seed=9, variants=available_variants())
+    assert len(files) > 256
+    args = dict(size=16, secret=tmp_path / "secret", progress=False)
+    a = ingest.ingest_ct([tmp_path / "dcm"], tmp_path / "a", workers=1, **args)
+    b = ingest.ingest_ct([tmp_path / "dcm"], tmp_path / "b", workers=2, **args)
+    assert a.slices == b.slices > 0 and a.skipped_by_reason == b.skipped_by_reason
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
