@@ -79,7 +79,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if summary.skipped:
         print(f"skipped {summary.skipped} file(s):")
         for reason, n in summary.skipped_by_reason.items():
-            print(f"  {n:6d}  {reason}")
+            hint = summary.hints.get(reason)
+            print(f"  {n:6d}  {reason}" + (f" (to fix: {hint})" if hint else ""))
         print(f"every skipped file and its reason: {summary.errors_file}")
     if summary.slices == 0:
         print("error: nothing could be ingested", file=sys.stderr)

@@ -51,6 +51,7 @@ class IngestSummary:
     series: int = 0
     skipped: int = 0
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    hints: dict[str, str] = field(default_factory=dict)  # reason group -> what to do
     shards_written: int = 0
     shards_reused: int = 0
     seconds: float = 0.0
@@ -462,6 +463,9 @@ def _run(writer, units, skipped, shard_slices, pool, progress, t0, worker_fn, ar
     summary.skipped_by_reason = dict(
         Counter(_reason_class(s["reason"]) for s in all_skipped).most_common()
     )
+    for s in all_skipped:
+        if s.get("hint"):
+            summary.hints.setdefault(_reason_class(s["reason"]), s["hint"])
     errors_file = wd / "errors.jsonl"
     _write_errors(errors_file, all_skipped)
     summary.errors_file = str(errors_file)

@@ -247,3 +247,20 @@ def test_ingest_ct_parallel_equals_serial(tmp_path):
     b = ingest.ingest_ct([tmp_path / "dcm"], tmp_path / "b", workers=2, **args)
     assert a.slices == b.slices > 0 and a.skipped_by_reason == b.skipped_by_reason
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+
+
+def test_summary_names_the_fix(dicom_archive, tmp_path, monkeypatch, capsys):
+    from radengine.data import dicom
+
+    real = dicom.scan_dicom
+
+    def scan_with_undecodable(*args, **kwargs):
+        refs, skipped = real(*args, **kwargs)
+        why = "cannot decode transfer syntax JPEG 2000 (1.2.840.10008.1.2.4.90): no decoder"
+        return refs, [*skipped, dicom.Skipped("x.dcm", why, dicom.DICOM_EXTRA_HINT)]
+
+    monkeypatch.setattr(dicom, "scan_dicom", scan_with_undecodable)
+    args = ["ingest", "ct", str(dicom_archive), "--out", str(tmp_path / "s"), "--workers", "1"]
+    assert main([*args, "--size", "16", "--secret", str(tmp_path / "k")]) == 0
+    out = capsys.readouterr().out
+    assert f"cannot decode transfer syntax JPEG 2000 (to fix: {dicom.DICOM_EXTRA_HINT})" in out
