@@ -60,6 +60,7 @@ series is the same whether it is produced alone, streamed, or inside a full data
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -751,7 +752,7 @@ def _sample_positions(
     return start + spacing * np.arange(n, dtype=np.float64), spacing
 
 
-class _Anatomy:
+class _Anatomy(abc.ABC):
     """One series' anatomy as smooth functions of the normalised depth t (0 top .. 1 bottom).
 
     Subclasses sample their parameters in ``__init__`` and paint in ``draw``; they set
@@ -804,8 +805,9 @@ class _Anatomy:
             cx, cy, ax - fat, ay - fat, self.hu["muscle"], _BODY, box=box, y_max=table_y - fat * 0.6
         )
 
-    def draw(self, cv: _Canvas) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def draw(self, cv: _Canvas) -> None:
+        """Draw this region's anatomy for every slice of the series onto ``cv``."""
 
 
 class _HeadNeck(_Anatomy):
