@@ -1,0 +1,580 @@
+"""contrastive_loss: NT-Xent (SimCLR) and InfoNCE (MoCo) with an analytic backward.
+
+NT-Xent. Two views of N images give embeddings z (2N, D); row i and row i+N are the
+positive pair. With u = z / ||z|| (cosine similarity; skipped when ``normalize=False``)
+and temperature T, for every row i::
+
+    s_ic = u_i . u_c / T
+    l_i  = -s_{i,p(i)} + log sum_{c != i} exp(s_ic),   p(i) = (i + N) mod 2N
+    loss = mean_i l_i
+
+InfoNCE. Queries q (N, D), positive keys k (N, D) and a queue of negatives (K, D)::
+
+    with a queue:    logits_i = [u_qi . u_ki, u_qi . u_queue_1, ..., u_qi . u_queue_K] / T
+    queue is None:   logits_i = [u_qi . u_k1, ..., u_qi . u_kN] / T  (in-batch negatives)
+    loss = mean_i (logsumexp(logits_i) - logits_i[positive])
+
+The queue is a constant: no gradient flows into it.
+
+Distributed NT-Xent (``gather=True`` and torch.distributed initialised with world size W).
+Each rank holds its own 2n rows ``[z1_r; z2_r]`` (view 1 then view 2 of its n images, so
+row j's positive is row (j + n) mod 2n on the same rank) and computes its rows against the
+columns of ALL ranks, gathered with :class:`_AllGatherWithGrad`. Rank r's loss is the mean
+over its own 2n rows, so with equal n on every rank:
+
+* the global loss, the single-process loss on the global batch of 2Wn rows, is the mean of
+  the rank losses (``all_reduce(loss) / W``, for logging);
+* the gather's backward sums the column gradients of every rank (all_reduce) and keeps the
+  local slice, so ``z.grad`` on rank r is the gradient of ``sum_r loss_r = W * global loss``
+  with respect to rank r's rows: W times the single-process gradient of those rows;
+* DDP averages parameter gradients over ranks, dividing that W out again: the parameters
+  get exactly the single-process gradient of the global loss. Do not rescale the loss.
+
+The global batch equivalent to W ranks is ``z = [z1_0; ...; z1_{W-1}; z2_0; ...; z2_{W-1}]``:
+each row's loss depends only on its positive and on the set of all columns, not on their
+order, so the rank-major column order of the gather changes nothing.
+
+Backends: ``reference`` (plain torch below: the N x N logits and an analytic backward that
+uses the saved per-row log-sum-exp, as a tiled kernel would). Issue #6 adds ``triton`` and
+``cpu`` with the same two functions per loss. Every backend computes in fp32 (fp64 for
+fp64 inputs) and returns the loss in that precision; gradients come in the input's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from radengine.ops import _dispatch
+
+__all__ = [
+    "IMPLS",
+    "ContrastiveBackend",
+    "all_gather_with_grad",
+    "info_nce",
+    "nt_xent",
+    "reference_info_nce",
+    "reference_nt_xent",
+]
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+NORM_EPS = 1e-12  # as torch.nn.functional.normalize
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def nt_xent(
+    z: Tensor,
+    temperature: float = 0.5,
+    *,
+    normalize: bool = True,
+    gather: bool = True,
+    group: dist.ProcessGroup | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """SimCLR's NT-Xent loss over two views, positives at rows i <-> i + N.
+
+    Args:
+        z: (2N, D) embeddings, view 1 in rows [0, N), view 2 in rows [N, 2N); float32,
+            float16, bfloat16 or float64; N >= 1, D >= 1.
+        temperature: T > 0 (study A: 0.5).
+        normalize: L2-normalise the rows first (cosine similarity); False uses the raw dot
+            products.
+        gather: when torch.distributed is initialised with more than one rank, take the
+            negatives from every rank's ``z`` (the correct SimCLR; see the module docstring
+            for the row layout each rank must hold and how the losses combine). Every rank
+            must pass the same 2N. False, or a single process: local negatives only.
+        group: the process group to gather over (default: the world).
+        backend: force ``reference`` (else RADENGINE_BACKEND, else the fastest available).
+
+    Returns:
+        () the mean loss over this rank's 2N rows; float32 (float64 for float64 ``z``).
+        Differentiable with respect to ``z``.
+
+    Raises:
+        ValueError: naming the argument: not a floating tensor, not 2-D, an odd or zero row
+            count, D = 0, or temperature <= 0.
+    """
+    _check_embeddings(z, "z")
+    if z.shape[0] % 2 or z.shape[0] == 0:
+        raise ValueError(
+            f"z must hold two views, shape (2N, D) with N >= 1, but has {z.shape[0]} rows"
+        )
+    temperature = _check_temperature(temperature)
+    backend_name = _dispatch.requested_backend(backend) or ""
+    cols, offset = None, 0
+    if gather and _world_size(group) > 1:
+        cols = all_gather_with_grad(z, group)
+        offset = dist.get_rank(group) * z.shape[0]
+    loss, _ = torch.ops.radengine.nt_xent(z, cols, offset, temperature, normalize, backend_name)
+    return loss
+
+
+def info_nce(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor | None = None,
+    temperature: float = 0.07,
+    *,
+    normalize: bool = True,
+    backend: str | None = None,
+) -> Tensor:
+    """MoCo's InfoNCE: each query against its key (positive) and the queue (negatives).
+
+    Args:
+        q: (N, D) queries; float32, float16, bfloat16 or float64; N >= 1, D >= 1.
+        k: (N, D) positive keys, same dtype and device (usually from the momentum encoder
+            and detached by the caller; the loss is differentiable with respect to both).
+        queue: (K, D) negatives, K >= 0, treated as a constant (no gradient). None: the
+            other keys of the batch are the negatives (MoCo v3).
+        temperature: T > 0 (MoCo: 0.07; MoCo v2: 0.2).
+        normalize: L2-normalise q, k and the queue first.
+        backend: force ``reference`` (else RADENGINE_BACKEND, else the fastest available).
+
+    Returns:
+        () the mean loss over the N queries; float32 (float64 for float64 inputs).
+
+    Raises:
+        ValueError: naming the argument: dtype, rank, mismatched shapes, D or devices, or
+            temperature <= 0.
+    """
+    _check_embeddings(q, "q")
+    _check_embeddings(k, "k")
+    if q.shape[0] == 0:
+        raise ValueError("q must have at least one row, got shape (0, D)")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    _check_same(k, q, "k")
+    if queue is not None:
+        _check_embeddings(queue, "queue")
+        if queue.shape[1] != q.shape[1]:
+            raise ValueError(
+                f"queue must have D = {q.shape[1]} columns like q, got shape {tuple(queue.shape)}"
+            )
+        _check_same(queue, q, "queue")
+        queue = queue.detach()
+    temperature = _check_temperature(temperature)
+    backend_name = _dispatch.requested_backend(backend) or ""
+    loss, _ = torch.ops.radengine.info_nce(q, k, queue, temperature, normalize, backend_name)
+    return loss
+
+
+def reference_nt_xent(z: Tensor, temperature: float = 0.5, normalize: bool = True) -> Tensor:
+    """The oracle, in plain torch as SSL libraries write it: the (2N, 2N) logits with the
+    diagonal masked, then cross entropy against the positive column. Single process, local
+    rows only; differentiable through torch autograd. Computes in fp32 (fp64 for fp64)."""
+    z = z.to(_acc_dtype(z.dtype))
+    if normalize:
+        z = F.normalize(z, dim=1)
+    two_n = z.shape[0]
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(two_n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    positives = (torch.arange(two_n, device=z.device) + two_n // 2) % two_n
+    return F.cross_entropy(logits, positives)
+
+
+def reference_info_nce(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor | None = None,
+    temperature: float = 0.07,
+    normalize: bool = True,
+) -> Tensor:
+    """The oracle, as in the MoCo paper's pseudocode: logits [l_pos, l_neg] and cross entropy
+    with label 0 (or, without a queue, q @ k.T with the diagonal as labels). Differentiable
+    through torch autograd; the queue is detached. Computes in fp32 (fp64 for fp64)."""
+    acc = _acc_dtype(q.dtype)
+    q, k = q.to(acc), k.to(acc)
+    if normalize:
+        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    if queue is None:
+        logits = q @ k.T / temperature
+        labels = torch.arange(q.shape[0], device=q.device)
+    else:
+        neg = queue.detach().to(acc)
+        if normalize:
+            neg = F.normalize(neg, dim=1)
+        l_pos = (q * k).sum(dim=1, keepdim=True)
+        l_neg = q @ neg.T
+        logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels)
+
+
+# ------------------------------------------------------------------------- distributed
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """(m, D) on each of W ranks -> (W*m, D) rank-major on every rank, with a gradient.
+
+    Every rank's loss depends on every rank's rows through the gathered columns, so the
+    gradient of the sum of the rank losses with respect to rank r's rows is the sum over
+    ranks of each one's gradient for the slice r of its gathered tensor: an all_reduce(sum)
+    of the incoming gradients, then the local slice. (A reduce_scatter does the same with
+    half the traffic where the backend has it; gloo does not.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        ctx.rows = x.shape[0]
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x, group=group)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = ctx.rank * ctx.rows
+        return grad[start : start + ctx.rows], None
+
+
+def all_gather_with_grad(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Gather (m, D) from every rank into (W*m, D), rank-major, differentiably.
+
+    Every rank must pass the same shape. The gradient each rank receives for ``x`` is the
+    sum over ranks of the gradients flowing into its slice of the gathered tensor.
+    """
+    if _world_size(group) <= 1:
+        return x
+    return _AllGatherWithGrad.apply(x, group)
+
+
+def _world_size(group: dist.ProcessGroup | None) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def _check_embeddings(x: object, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{name} must be a floating tensor (float32, float16, bfloat16 or float64), "
+            f"got {x.dtype}"
+        )
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (rows, D), got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} must have D >= 1 columns, got shape {tuple(x.shape)}")
+
+
+def _check_same(x: Tensor, ref: Tensor, name: str) -> None:
+    if x.dtype != ref.dtype:
+        raise ValueError(f"{name} must have the dtype of q ({ref.dtype}), got {x.dtype}")
+    if x.device != ref.device:
+        raise ValueError(f"{name} must be on the device of q ({ref.device}), got {x.device}")
+
+
+def _check_temperature(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+    return float(temperature)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ------------------------------------------------------------------ reference backend
+
+
+def _normalize_fwd(x: Tensor, normalize: bool) -> Tensor:
+    x = x.to(_acc_dtype(x.dtype))
+    return x / x.norm(dim=1, keepdim=True).clamp_min(NORM_EPS) if normalize else x
+
+
+def _normalize_bwd(x: Tensor, grad_u: Tensor, normalize: bool) -> Tensor:
+    """Gradient through u = x / max(||x||, eps): (g - u (u . g)) / ||x||, or g / eps."""
+    if normalize:
+        x = x.to(grad_u.dtype)
+        norm = x.norm(dim=1, keepdim=True)
+        denom = norm.clamp_min(NORM_EPS)
+        u = x / denom
+        projected = (grad_u - u * (u * grad_u).sum(dim=1, keepdim=True)) / denom
+        grad_u = torch.where(norm > NORM_EPS, projected, grad_u / NORM_EPS)
+    return grad_u
+
+
+def _nt_xent_logits(
+    u_rows: Tensor, u_cols: Tensor, offset: int, temperature: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(M, C) logits with each row's own column at -inf, and the (M,) self/positive columns."""
+    m = u_rows.shape[0]
+    j = torch.arange(m, device=u_rows.device)
+    self_col = offset + j
+    pos_col = offset + (j + m // 2) % m
+    logits = (u_rows @ u_cols.T) / temperature
+    logits[j, self_col] = float("-inf")
+    return logits, self_col, pos_col
+
+
+def _nt_xent_fwd_reference(
+    rows: Tensor, cols: Tensor | None, offset: int, temperature: float, normalize: bool
+) -> tuple[Tensor, Tensor]:
+    """Loss () and the per-row log-sum-exp (M,) that the backward reuses."""
+    u_rows = _normalize_fwd(rows, normalize)
+    u_cols = u_rows if cols is None else _normalize_fwd(cols, normalize)
+    logits, _, pos_col = _nt_xent_logits(u_rows, u_cols, offset, temperature)
+    lse = torch.logsumexp(logits, dim=1)
+    j = torch.arange(rows.shape[0], device=rows.device)
+    loss = (lse - logits[j, pos_col]).mean()
+    return loss, lse
+
+
+def _nt_xent_bwd_reference(
+    grad: Tensor,
+    rows: Tensor,
+    cols: Tensor | None,
+    offset: int,
+    temperature: float,
+    normalize: bool,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """dloss/drows (M, D) and dloss/dcols (C, D) (None when cols is None: then the column
+    term is already added into the rows' gradient). With P = softmax of the masked logits
+    and Y the positive one-hot: dlogits = grad * (P - Y) / M."""
+    m = rows.shape[0]
+    u_rows = _normalize_fwd(rows, normalize)
+    u_cols = u_rows if cols is None else _normalize_fwd(cols, normalize)
+    logits, _, pos_col = _nt_xent_logits(u_rows, u_cols, offset, temperature)
+    dlogits = torch.exp(logits - lse[:, None])  # exp(-inf) = 0 on the masked column
+    dlogits[torch.arange(m, device=rows.device), pos_col] -= 1
+    dlogits *= grad.to(dlogits.dtype) / (m * temperature)  # also d(s)/d(u.u) = 1/T
+    grad_u_rows = dlogits @ u_cols
+    grad_u_cols = dlogits.T @ u_rows
+    if cols is None:
+        grad_rows = _normalize_bwd(rows, grad_u_rows + grad_u_cols, normalize)
+        return grad_rows.to(rows.dtype), None
+    grad_rows = _normalize_bwd(rows, grad_u_rows, normalize)
+    grad_cols = _normalize_bwd(cols, grad_u_cols, normalize)
+    return grad_rows.to(rows.dtype), grad_cols.to(cols.dtype)
+
+
+def _info_nce_logits(
+    u_q: Tensor, u_k: Tensor, u_queue: Tensor | None, temperature: float
+) -> tuple[Tensor, Tensor]:
+    n = u_q.shape[0]
+    if u_queue is None:
+        return (u_q @ u_k.T) / temperature, torch.arange(n, device=u_q.device)
+    l_pos = (u_q * u_k).sum(dim=1, keepdim=True)
+    logits = torch.cat([l_pos, u_q @ u_queue.T], dim=1) / temperature
+    return logits, torch.zeros(n, dtype=torch.long, device=u_q.device)
+
+
+def _info_nce_fwd_reference(
+    q: Tensor, k: Tensor, queue: Tensor | None, temperature: float, normalize: bool
+) -> tuple[Tensor, Tensor]:
+    u_q, u_k = _normalize_fwd(q, normalize), _normalize_fwd(k, normalize)
+    u_queue = None if queue is None else _normalize_fwd(queue, normalize)
+    logits, pos = _info_nce_logits(u_q, u_k, u_queue, temperature)
+    lse = torch.logsumexp(logits, dim=1)
+    loss = (lse - logits[torch.arange(q.shape[0], device=q.device), pos]).mean()
+    return loss, lse
+
+
+def _info_nce_bwd_reference(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor | None,
+    temperature: float,
+    normalize: bool,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor]:
+    n = q.shape[0]
+    u_q, u_k = _normalize_fwd(q, normalize), _normalize_fwd(k, normalize)
+    u_queue = None if queue is None else _normalize_fwd(queue, normalize)
+    logits, pos = _info_nce_logits(u_q, u_k, u_queue, temperature)
+    dlogits = torch.exp(logits - lse[:, None])
+    dlogits[torch.arange(n, device=q.device), pos] -= 1
+    dlogits *= grad.to(dlogits.dtype) / (n * temperature)
+    if u_queue is None:
+        grad_u_q = dlogits @ u_k
+        grad_u_k = dlogits.T @ u_q
+    else:
+        d_pos = dlogits[:, :1]
+        grad_u_q = d_pos * u_k + dlogits[:, 1:] @ u_queue
+        grad_u_k = d_pos * u_q
+    grad_q = _normalize_bwd(q, grad_u_q, normalize).to(q.dtype)
+    grad_k = _normalize_bwd(k, grad_u_k, normalize).to(k.dtype)
+    return grad_q, grad_k
+
+
+@dataclass(frozen=True)
+class ContrastiveBackend:
+    """One backend's kernels: forward -> (loss, per-row lse); backward -> input grads.
+
+    ``nt_xent_fwd(rows, cols | None, col_offset, T, normalize)``;
+    ``nt_xent_bwd(grad, rows, cols | None, col_offset, T, normalize, lse)``;
+    ``info_nce_fwd(q, k, queue | None, T, normalize)``;
+    ``info_nce_bwd(grad, q, k, queue | None, T, normalize, lse)``.
+    """
+
+    nt_xent_fwd: Callable[..., tuple[Tensor, Tensor]]
+    nt_xent_bwd: Callable[..., tuple[Tensor, Tensor | None]]
+    info_nce_fwd: Callable[..., tuple[Tensor, Tensor]]
+    info_nce_bwd: Callable[..., tuple[Tensor, Tensor]]
+
+
+REFERENCE = ContrastiveBackend(
+    _nt_xent_fwd_reference,
+    _nt_xent_bwd_reference,
+    _info_nce_fwd_reference,
+    _info_nce_bwd_reference,
+)
+
+# backend name -> kernels; issue #6 adds "cpu" and "triton".
+IMPLS: dict[str, ContrastiveBackend] = {"reference": REFERENCE}
+
+
+def _select(device: torch.device, backend: str) -> ContrastiveBackend:
+    return _dispatch.select("contrastive_loss", IMPLS, device, backend or None)[1]  # type: ignore[arg-type]
+
+
+def _fake_loss_and_lse(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    acc = _acc_dtype(x.dtype)
+    return x.new_empty((), dtype=acc), x.new_empty((rows,), dtype=acc)
+
+
+# ------------------------------------------------------------- torch.library registration
+# Rows against columns: ``cols`` None means the rows themselves (single process); else the
+# gathered columns of every rank, which hold a copy of ``rows`` at [col_offset, col_offset+M).
+
+
+@torch.library.custom_op("radengine::nt_xent", mutates_args=())
+def _nt_xent_op(
+    rows: Tensor,
+    cols: Tensor | None,
+    col_offset: int,
+    temperature: float,
+    normalize: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    impl = _select(rows.device, backend)
+    return impl.nt_xent_fwd(rows, cols, col_offset, temperature, normalize)
+
+
+@_nt_xent_op.register_fake
+def _(rows, cols, col_offset, temperature, normalize, backend):
+    return _fake_loss_and_lse(rows, rows.shape[0])
+
+
+@torch.library.custom_op("radengine::nt_xent_backward", mutates_args=())
+def _nt_xent_backward_op(
+    grad: Tensor,
+    rows: Tensor,
+    cols: Tensor | None,
+    col_offset: int,
+    temperature: float,
+    normalize: bool,
+    backend: str,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor]:
+    impl = _select(rows.device, backend)
+    grad_rows, grad_cols = impl.nt_xent_bwd(
+        grad, rows, cols, col_offset, temperature, normalize, lse
+    )
+    # A custom op cannot return None: an empty tensor stands for "no cols".
+    return grad_rows, grad_cols if grad_cols is not None else rows.new_empty((0,))
+
+
+@_nt_xent_backward_op.register_fake
+def _(grad, rows, cols, col_offset, temperature, normalize, backend, lse):
+    return rows.new_empty(rows.shape), (
+        cols.new_empty(cols.shape) if cols is not None else rows.new_empty((0,))
+    )
+
+
+def _nt_xent_setup_context(ctx, inputs, output) -> None:
+    rows, cols, col_offset, temperature, normalize, backend = inputs
+    ctx.has_cols = cols is not None
+    ctx.args = (col_offset, temperature, normalize, backend)
+    ctx.save_for_backward(rows, cols, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _nt_xent_backward(ctx, grad_loss: Tensor, _grad_lse: Tensor | None):
+    rows, cols, lse = ctx.saved_tensors
+    col_offset, temperature, normalize, backend = ctx.args
+    grad_rows, grad_cols = torch.ops.radengine.nt_xent_backward(
+        grad_loss, rows, cols, col_offset, temperature, normalize, backend, lse
+    )
+    return grad_rows, (grad_cols if ctx.has_cols else None), None, None, None, None
+
+
+_nt_xent_op.register_autograd(_nt_xent_backward, setup_context=_nt_xent_setup_context)
+
+
+@torch.library.custom_op("radengine::info_nce", mutates_args=())
+def _info_nce_op(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor | None,
+    temperature: float,
+    normalize: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    impl = _select(q.device, backend)
+    return impl.info_nce_fwd(q, k, queue, temperature, normalize)
+
+
+@_info_nce_op.register_fake
+def _(q, k, queue, temperature, normalize, backend):
+    return _fake_loss_and_lse(q, q.shape[0])
+
+
+@torch.library.custom_op("radengine::info_nce_backward", mutates_args=())
+def _info_nce_backward_op(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor | None,
+    temperature: float,
+    normalize: bool,
+    backend: str,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor]:
+    impl = _select(q.device, backend)
+    return impl.info_nce_bwd(grad, q, k, queue, temperature, normalize, lse)
+
+
+@_info_nce_backward_op.register_fake
+def _(grad, q, k, queue, temperature, normalize, backend, lse):
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+def _info_nce_setup_context(ctx, inputs, output) -> None:
+    q, k, queue, temperature, normalize, backend = inputs
+    ctx.args = (temperature, normalize, backend)
+    ctx.save_for_backward(q, k, queue, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _info_nce_backward(ctx, grad_loss: Tensor, _grad_lse: Tensor | None):
+    q, k, queue, lse = ctx.saved_tensors
+    temperature, normalize, backend = ctx.args
+    grad_q, grad_k = torch.ops.radengine.info_nce_backward(
+        grad_loss, q, k, queue, temperature, normalize, backend, lse
+    )
+    return grad_q, grad_k, None, None, None, None
+
+
+_info_nce_op.register_autograd(_info_nce_backward, setup_context=_info_nce_setup_context)

@@ -1,0 +1,481 @@
+"""contrastive_loss: NT-Xent and InfoNCE through the custom op against the oracles and a
+float64 loop formula; gradients (gradcheck), low precision, bad input, dispatch, opcheck,
+torch.compile, and the 2-process gloo run against the single-process global batch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from radengine.ops import _dispatch
+from radengine.ops.contrastive_loss import (
+    IMPLS,
+    info_nce,
+    nt_xent,
+    reference_info_nce,
+    reference_nt_xent,
+)
+from tests.conftest import DEVICES
+
+TEMPERATURES = [0.01, 0.07, 0.5, 1.0]
+# Loss and gradients against the fp64 oracle, per input dtype (the op computes in fp32).
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-11),
+    torch.float32: dict(rtol=2e-5, atol=2e-6),
+}
+
+
+def backends_for(device: str) -> list[str]:
+    return [b for b in IMPLS if _dispatch.unavailable_reason(b, device) is None]
+
+
+def cases():
+    for device in DEVICES:
+        for backend in backends_for(device):
+            yield pytest.param(device, backend, id=f"{device}-{backend}")
+
+
+# ------------------------------------------------------------------ written-out formulas
+
+
+def loop_nt_xent(z: torch.Tensor, temperature: float, normalize: bool = True) -> float:
+    """NT-Xent by its definition, one pair at a time in python floats (fp64)."""
+    rows = [[float(v) for v in r] for r in z.tolist()]
+    if normalize:
+        rows = [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in rows]
+    two_n = len(rows)
+    n = two_n // 2
+
+    def sim(a: int, b: int) -> float:
+        return sum(x * y for x, y in zip(rows[a], rows[b], strict=True)) / temperature
+
+    total = 0.0
+    for i in range(two_n):
+        positive = i + n if i < n else i - n
+        sims = [sim(i, c) for c in range(two_n) if c != i]
+        top = max(sims)
+        denominator = sum(math.exp(s - top) for s in sims)
+        total += -(sim(i, positive) - top - math.log(denominator))
+    return total / two_n
+
+
+def loop_info_nce(q, k, queue, temperature: float, normalize: bool = True) -> float:
+    def unit(r):
+        r = [float(v) for v in r]
+        return [v / math.sqrt(sum(x * x for x in r)) for v in r] if normalize else r
+
+    qs, ks = [unit(r) for r in q.tolist()], [unit(r) for r in k.tolist()]
+    negs = None if queue is None else [unit(r) for r in queue.tolist()]
+
+    def dot(a, b):
+        return sum(x * y for x, y in zip(a, b, strict=True)) / temperature
+
+    total = 0.0
+    for i, qi in enumerate(qs):
+        positive = dot(qi, ks[i])
+        others = [dot(qi, kj) for j, kj in enumerate(ks) if j != i] if negs is None else []
+        others += [dot(qi, r) for r in negs or []]
+        top = max([positive, *others])
+        lse = top + math.log(sum(math.exp(s - top) for s in [positive, *others]))
+        total += lse - positive
+    return total / len(qs)
+
+
+def randn(gen, *shape, dtype=torch.float64, device="cpu"):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)
+
+
+# ---------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("d", [1, 3, 8])
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_oracle_and_op_match_loop_formula(gen, n, d, temperature, normalize):
+    z = randn(gen, 2 * n, d)
+    if not normalize:
+        z = z / 4  # keep raw dot products / 0.01 in a range where exp is meaningful
+    expected = loop_nt_xent(z, temperature, normalize)
+    assert reference_nt_xent(z, temperature, normalize).item() == pytest.approx(
+        expected, rel=1e-10, abs=1e-12
+    )
+    for backend in backends_for("cpu"):
+        got = nt_xent(z, temperature, normalize=normalize, backend=backend)
+        assert got.dtype == torch.float64
+        assert got.item() == pytest.approx(expected, rel=1e-10, abs=1e-12), backend
+
+
+@pytest.mark.parametrize("n", [1, 3, 4])
+@pytest.mark.parametrize("queue_size", [None, 0, 1, 7])
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+def test_info_nce_matches_loop_formula(gen, n, queue_size, temperature):
+    q, k = randn(gen, n, 5), randn(gen, n, 5)
+    queue = None if queue_size is None else randn(gen, queue_size, 5)
+    expected = loop_info_nce(q, k, queue, temperature)
+    assert reference_info_nce(q, k, queue, temperature).item() == pytest.approx(
+        expected, rel=1e-10, abs=1e-12
+    )
+    for backend in backends_for("cpu"):
+        got = info_nce(q, k, queue, temperature, backend=backend).item()
+        assert got == pytest.approx(expected, rel=1e-10, abs=1e-12), backend
+
+
+def test_nt_xent_by_hand():
+    """z = [e1, e2 | e1, e2], T = 1: every row sees its positive at 1 and two zeros."""
+    e1, e2 = [1.0, 0.0], [0.0, 1.0]
+    z = torch.tensor([e1, e2, e1, e2], dtype=torch.float64)
+    assert nt_xent(z, 1.0).item() == pytest.approx(math.log(2 + math.e) - 1)
+    # Scaling rows changes nothing with normalisation, and scales the logits without.
+    assert nt_xent(z * 3, 1.0).item() == pytest.approx(math.log(2 + math.e) - 1)
+    assert nt_xent(z * 2, 1.0, normalize=False).item() == pytest.approx(
+        -4 + math.log(2 + math.exp(4))
+    )
+    # One pair (N = 1): the only other column is the positive.
+    assert nt_xent(torch.tensor([e1, e2]), 0.5).item() == 0.0
+
+
+def test_symmetries(gen):
+    z = randn(gen, 10, 6)
+    n = 5
+    swapped = torch.cat([z[n:], z[:n]])
+    perm = torch.randperm(n, generator=gen)
+    permuted = torch.cat([z[:n][perm], z[n:][perm]])
+    base = nt_xent(z, 0.3)
+    torch.testing.assert_close(nt_xent(swapped, 0.3), base)
+    torch.testing.assert_close(nt_xent(permuted, 0.3), base)
+    # Mismatching the pairs changes the loss: the positives really are i <-> i + N.
+    broken = torch.cat([z[:n], z[n:].roll(1, 0)])
+    assert abs(nt_xent(broken, 0.3).item() - base.item()) > 1e-3
+
+
+@pytest.mark.parametrize(("device", "backend"), cases())
+@pytest.mark.parametrize("shape", [(1, 8), (3, 1), (127, 128), (300, 33)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("temperature", [0.01, 0.5])
+def test_op_matches_oracle_with_gradients(gen, device, backend, shape, dtype, temperature):
+    n, d = shape
+    z = randn(gen, 2 * n, d, dtype=dtype, device=device).requires_grad_()
+    loss = nt_xent(z, temperature, backend=backend)
+    (grad,) = torch.autograd.grad(loss, z)
+    z64 = z.detach().double().requires_grad_()
+    expected = reference_nt_xent(z64, temperature)
+    (expected_grad,) = torch.autograd.grad(expected, z64)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert grad.dtype == dtype and grad.shape == z.shape
+    # Compare gradients relative to their natural size, 1 / (2N T) per logit (the true
+    # gradient is exactly zero for N = 1, a lone pair, and for D = 1, where every unit
+    # vector is +-1). fp32 logits carry an error of ~eps32 / T that the softmax passes on.
+    torch.testing.assert_close(loss.double(), expected, **TOL[dtype])
+    scale = expected_grad.abs().max().clamp_min(1 / (2 * n * temperature))
+    tol = dict(TOL[dtype])
+    if dtype == torch.float32:
+        tol["atol"] = max(tol["atol"], 1e-7 / temperature)
+    torch.testing.assert_close(grad.double() / scale, expected_grad / scale, **tol)
+
+
+@pytest.mark.parametrize(("device", "backend"), cases())
+@pytest.mark.parametrize("queue_size", [None, 5, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_info_nce_op_matches_oracle_with_gradients(gen, device, backend, queue_size, dtype):
+    q = randn(gen, 33, 16, dtype=dtype, device=device).requires_grad_()
+    k = randn(gen, 33, 16, dtype=dtype, device=device).requires_grad_()
+    queue = None if queue_size is None else randn(gen, queue_size, 16, dtype=dtype, device=device)
+    if queue is not None:
+        queue.requires_grad_()
+    loss = info_nce(q, k, queue, 0.2, backend=backend)
+    grads = torch.autograd.grad(loss, (q, k))
+    q64, k64 = (t.detach().double().requires_grad_() for t in (q, k))
+    expected = reference_info_nce(q64, k64, None if queue is None else queue.double(), 0.2)
+    expected_grads = torch.autograd.grad(expected, (q64, k64))
+    torch.testing.assert_close(loss.double(), expected, **TOL[dtype])
+    for g, e in zip(grads, expected_grads, strict=True):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), e, **TOL[dtype])
+    if queue is not None:  # the queue is a constant
+        loss = info_nce(q, k, queue, 0.2, backend=backend)
+        loss.backward()
+        assert queue.grad is None
+
+
+@pytest.mark.parametrize("temperature", [0.01, 0.1, 1.0])
+def test_stable_at_low_temperature_and_large_d(gen, temperature):
+    z = randn(gen, 64, 2048, dtype=torch.float32).requires_grad_()
+    z.data[32:] = z.data[:32] + 0.3 * z.data[32:]  # correlated views, as in training
+    loss = nt_xent(z, temperature)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    z64 = z.detach().double().requires_grad_()
+    expected = reference_nt_xent(z64, temperature)
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z.grad.double(), z64.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_low_precision_error_at_most_twice_torch(gen, dtype):
+    """flash-attention's rule: error vs fp64 on the same inputs <= 2x that of plain torch
+    computing in the input dtype (the N x N logits + cross entropy)."""
+    z = randn(gen, 256, 128, dtype=dtype).requires_grad_()
+    z64 = z.detach().double().requires_grad_()
+    exact = reference_nt_xent(z64, 0.1)
+    (exact_grad,) = torch.autograd.grad(exact, z64)
+
+    def plain_torch(z):
+        u = F.normalize(z, dim=1)
+        logits = (u @ u.T / 0.1).masked_fill(torch.eye(256, dtype=torch.bool), float("-inf"))
+        return F.cross_entropy(logits, (torch.arange(256) + 128) % 256)
+
+    base = plain_torch(z)
+    (base_grad,) = torch.autograd.grad(base, z)
+    ours = nt_xent(z, 0.1)
+    (our_grad,) = torch.autograd.grad(ours, z)
+    assert our_grad.dtype == dtype
+    assert abs(ours.double() - exact) <= 2 * abs(base.double() - exact) + 1e-6
+    our_err = (our_grad.double() - exact_grad).abs().max()
+    base_err = (base_grad.double() - exact_grad).abs().max()
+    assert our_err <= 2 * base_err + 1e-9, (our_err, base_err)
+
+
+# ------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_xent_gradcheck(gen, n, normalize, temperature):
+    z = randn(gen, 2 * n, 4).requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: nt_xent(z, temperature, normalize=normalize), z)
+
+
+def test_nt_xent_gradcheck_rows_against_gathered_columns(gen):
+    """The op as the distributed path calls it: rows (rank 1's) against separate columns."""
+    rows = randn(gen, 4, 3).requires_grad_()
+    others = randn(gen, 4, 3).requires_grad_()
+    op = torch.ops.radengine.nt_xent
+
+    def loss(rows, others):
+        cols = torch.cat([others, rows])  # rank 1 of 2: its rows at offset 4
+        return op(rows, cols, 4, 0.3, True, "")[0]
+
+    assert torch.autograd.gradcheck(loss, (rows, others))
+    torch.testing.assert_close(
+        loss(rows, others), reference_like_rank(rows.detach(), others.detach(), 0.3)
+    )
+
+
+def reference_like_rank(rows, others, temperature):
+    """Rank 1's loss written with the oracle's pieces: its 4 rows against all 8 columns."""
+    u_rows = F.normalize(rows, dim=1)
+    u_cols = F.normalize(torch.cat([others, rows]), dim=1)
+    logits = u_rows @ u_cols.T / temperature
+    j = torch.arange(4)
+    logits[j, 4 + j] = float("-inf")
+    return F.cross_entropy(logits, 4 + (j + 2) % 4)
+
+
+@pytest.mark.parametrize("queue_size", [None, 0, 3])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_info_nce_gradcheck(gen, queue_size, normalize):
+    q, k = randn(gen, 3, 4).requires_grad_(), randn(gen, 3, 4).requires_grad_()
+    queue = None if queue_size is None else randn(gen, queue_size, 4)
+    assert torch.autograd.gradcheck(
+        lambda q, k: info_nce(q, k, queue, 0.2, normalize=normalize), (q, k)
+    )
+
+
+def test_zero_row_gradient_is_finite():
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.5], [0.3, 1.0], [1.0, 1.0]], requires_grad=True)
+    loss = nt_xent(z)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    z2 = z.detach().clone().requires_grad_()
+    reference_nt_xent(z2).backward()
+    torch.testing.assert_close(z.grad, z2.grad)
+
+
+# ------------------------------------------------------------ bad input and dispatch
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(z=torch.zeros(3, 4)), r"z must hold two views.*3 rows"),
+        (dict(z=torch.zeros(0, 4)), r"z must hold two views.*0 rows"),
+        (dict(z=torch.zeros(4)), r"z must be 2-D"),
+        (dict(z=torch.zeros(2, 4, 3)), r"z must be 2-D"),
+        (dict(z=torch.zeros(4, 0)), r"z must have D >= 1"),
+        (dict(z=torch.zeros(4, 3, dtype=torch.int64)), r"z must be a floating tensor"),
+        (dict(z=[[1.0, 2.0]]), r"z must be a torch.Tensor"),
+        (dict(temperature=0.0), r"temperature must be > 0"),
+        (dict(temperature=-0.5), r"temperature must be > 0"),
+        (dict(temperature=float("nan")), r"temperature must be > 0"),
+        (dict(temperature="0.5"), r"temperature must be a number"),
+        (dict(backend="gpu"), r"backend 'gpu' is not one of"),
+    ],
+)
+def test_nt_xent_bad_input(kwargs, match):
+    z = kwargs.pop("z", torch.randn(4, 3))
+    with pytest.raises(ValueError, match=match):
+        nt_xent(z, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(k=torch.zeros(4, 5)), r"k must have the shape of q \(4, 3\)"),
+        (dict(k=torch.zeros(3, 3)), r"k must have the shape of q"),
+        (dict(queue=torch.zeros(6, 5)), r"queue must have D = 3"),
+        (dict(queue=torch.zeros(6)), r"queue must be 2-D"),
+        (dict(queue=torch.zeros(6, 3, dtype=torch.float64)), r"queue must have the dtype of q"),
+        (dict(k=torch.zeros(4, 3, dtype=torch.float16)), r"k must have the dtype of q"),
+        (dict(q=torch.zeros(4, 3, dtype=torch.int32)), r"q must be a floating tensor"),
+        (dict(q=torch.zeros(0, 3), k=torch.zeros(0, 3)), r"q must have at least one row"),
+        (dict(temperature=0), r"temperature must be > 0"),
+    ],
+)
+def test_info_nce_bad_input(kwargs, match):
+    q = kwargs.pop("q", torch.randn(4, 3))
+    k = kwargs.pop("k", torch.randn(4, 3))
+    with pytest.raises(ValueError, match=match):
+        info_nce(q, k, **kwargs)
+
+
+def test_dispatch(monkeypatch):
+    monkeypatch.delenv("RADENGINE_BACKEND", raising=False)
+    z = torch.randn(6, 4)
+    assert _dispatch.select("contrastive_loss", IMPLS, torch.device("cpu"))[0] in IMPLS
+    with pytest.raises(_dispatch.BackendUnavailableError, match="not implemented for this op"):
+        nt_xent(z, backend="cuda")
+    monkeypatch.setenv("RADENGINE_BACKEND", "reference")
+    torch.testing.assert_close(nt_xent(z), reference_nt_xent(z))
+    monkeypatch.setenv("RADENGINE_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="RADENGINE_BACKEND"):
+        nt_xent(z)
+
+
+# ------------------------------------------------------------ opcheck and compile
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(gen, device):
+    rows = randn(gen, 6, 5, device=device).requires_grad_()
+    cols = randn(gen, 12, 5, device=device).requires_grad_()
+    q, k = randn(gen, 4, 5, device=device).requires_grad_(), randn(gen, 4, 5, device=device)
+    queue = randn(gen, 7, 5, device=device)
+    for args in ((rows, None, 0, 0.5, True, ""), (rows, cols, 6, 0.1, False, "reference")):
+        torch.library.opcheck(torch.ops.radengine.nt_xent.default, args)
+    for args in ((q, k, queue, 0.07, True, ""), (q, k.requires_grad_(), None, 0.2, False, "")):
+        torch.library.opcheck(torch.ops.radengine.info_nce.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(gen, device):
+    def both(z, q, k, queue):
+        return nt_xent(z, 0.5) + 0.5 * info_nce(q, k, queue, 0.2)
+
+    inputs = [randn(gen, 10, 6, dtype=torch.float32, device=device) for _ in range(3)]
+    inputs.append(randn(gen, 9, 6, dtype=torch.float32, device=device))
+    eager = [t.clone().requires_grad_() for t in inputs[:3]]
+    compiled_in = [t.clone().requires_grad_() for t in inputs[:3]]
+    compiled = torch.compile(both, fullgraph=True)
+    out = compiled(*compiled_in, inputs[3])
+    ref = both(*eager, inputs[3])
+    torch.testing.assert_close(out, ref)
+    out.backward()
+    ref.backward()
+    for a, b in zip(compiled_in, eager, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+# ------------------------------------------------------------------- distributed (gloo)
+
+WORLD, N_GLOBAL, D_IN, D_OUT, T = 2, 6, 7, 5, 0.2
+
+
+def _distributed_worker(rank: int, init_file: str, out_dir: str, data: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        n = N_GLOBAL // WORLD
+        mine = slice(rank * n, (rank + 1) * n)
+        # Each rank holds both views of its own n images: [z1_r; z2_r].
+        x = torch.cat([data["x1"][mine], data["x2"][mine]])
+        results = {}
+        for mode in ("gathered", "naive"):
+            model = nn.Linear(D_IN, D_OUT).double()
+            model.load_state_dict(data["model"])
+            ddp = nn.parallel.DistributedDataParallel(model)
+            z = ddp(x)
+            z.retain_grad()
+            if mode == "gathered":
+                loss = nt_xent(z, T)
+            else:  # the usual mistake: gather without a gradient, keep only the local one
+                parts = [torch.empty_like(z) for _ in range(WORLD)]
+                dist.all_gather(parts, z.detach())
+                parts[rank] = z
+                cols = torch.cat(parts)
+                loss = torch.ops.radengine.nt_xent(z, cols, rank * 2 * n, T, True, "")[0]
+            loss.backward()
+            global_loss = loss.detach().clone()
+            dist.all_reduce(global_loss)
+            results[mode] = dict(
+                loss=loss.detach(),
+                global_loss=global_loss / WORLD,
+                z_grad=z.grad.detach(),
+                weight_grad=model.weight.grad.detach(),
+                bias_grad=model.bias.grad.detach(),
+            )
+        results["local_only"] = nt_xent(z.detach(), T, gather=False)
+        results["local_oracle"] = reference_nt_xent(z.detach(), T)
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_matches_single_process(tmp_path):
+    gen = torch.Generator().manual_seed(7)
+    x1 = torch.randn(N_GLOBAL, D_IN, generator=gen, dtype=torch.float64)
+    x2 = x1 + 0.5 * torch.randn(N_GLOBAL, D_IN, generator=gen, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = nn.Linear(D_IN, D_OUT).double()
+    data = {"x1": x1, "x2": x2, "model": model.state_dict()}
+    mp.spawn(
+        _distributed_worker,
+        args=(str(tmp_path / "init"), str(tmp_path), data),
+        nprocs=WORLD,
+        join=True,
+    )
+
+    # One process, the global batch [z1_0; z1_1; z2_0; z2_1].
+    z = model(torch.cat([x1, x2]))
+    z.retain_grad()
+    loss = nt_xent(z, T)
+    loss.backward()
+    n = N_GLOBAL // WORLD
+    torch.testing.assert_close(loss, reference_nt_xent(z.detach(), T))
+
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        g = got["gathered"]
+        own = torch.cat([z.grad[rank * n : (rank + 1) * n], z.grad[N_GLOBAL + rank * n :][:n]])
+        # The mean of the rank losses is the global loss; each rank's z gets the gradient of
+        # the summed rank losses (WORLD x the global loss); DDP's average makes it exact.
+        torch.testing.assert_close(g["global_loss"], loss.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g["z_grad"], WORLD * own, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g["weight_grad"], model.weight.grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g["bias_grad"], model.bias.grad, rtol=1e-10, atol=1e-12)
+        # gather=False: local negatives only (study A's DataParallel behaviour).
+        torch.testing.assert_close(got["local_only"], got["local_oracle"])
+        assert abs(got["local_only"].item() - g["loss"].item()) > 1e-6
+        # The gradient-less gather gets the same loss but a wrong gradient: this test sees it.
+        naive = got["naive"]
+        torch.testing.assert_close(naive["global_loss"], loss.detach())
+        assert (naive["weight_grad"] - model.weight.grad).abs().max() > 1e-3
