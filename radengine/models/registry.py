@@ -145,8 +145,9 @@ class TimmBackbone(nn.Module):
         """
         fn = getattr(self.model, "forward_intermediates", None)
         if fn is None:
-            raise NotImplementedError(
-                f"{type(self.model).__name__} has no forward_intermediates in this timm version"
+            raise RuntimeError(
+                f"timm's {type(self.model).__name__} has no forward_intermediates in this timm "
+                "version; upgrade timm (pip install 'timm>=1.0')"
             )
         feats = fn(x, intermediates_only=True)
         return {f"stage{i}": f for i, f in enumerate(feats)}
