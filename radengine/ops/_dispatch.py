@@ -101,7 +101,7 @@ def select(
     if name is not None:
         if name not in impls:
             raise BackendUnavailableError(
-                f"{op}: backend {name!r} is not implemented for this op (it has {', '.join(impls)})"
+                f"{op} has no {name!r} backend (its backends: {', '.join(impls)})"
             )
         if (why := unavailable_reason(name, device.type)) is not None:
             raise BackendUnavailableError(f"{op}: backend {name!r} requested but {why}")
