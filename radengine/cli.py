@@ -127,6 +127,76 @@ def _cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from radengine.config import ConfigError, load_pretrain_config
+    from radengine.engine.checkpoint import CheckpointError
+    from radengine.engine.trainer import PretrainError, pretrain
+
+    flags = []
+    if args.domain:
+        flags.append(f"data.domain={args.domain}")
+    if args.data:
+        flags.append(f"data.store={args.data}")
+    if args.out:
+        flags.append(f"train.out={args.out}")
+    if args.device:
+        flags.append(f"train.device={args.device}")
+    if args.tracking == "none":
+        flags.append("tracking.enabled=false")
+    elif args.tracking:
+        flags.append(f"tracking.uri={args.tracking}")
+    try:
+        cfg = load_pretrain_config(args.config, [*flags, *args.overrides])
+        result = pretrain(cfg, resume=args.resume)
+    except (ConfigError, PretrainError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.run_id is None and not _is_main_rank():
+        return 0
+    knn = result.knn
+    lines = [
+        "",
+        f"pretraining {'stopped (' + result.stopped + ')' if result.stopped else 'finished'}: "
+        f"{result.steps} steps, {result.epochs:.2f} epochs in {result.seconds / 60:.1f} min, "
+        f"{result.images_per_second:.1f} img/s, data wait {100 * result.data_wait:.1f}%",
+        f"  final loss     {result.loss:.4f}"
+        + (f" ({result.skipped_steps} non-finite steps skipped)" if result.skipped_steps else ""),
+    ]
+    if knn:
+        lines.append(
+            f"  kNN monitor    {100 * knn[0][1]:.1f}% at step {knn[0][0]} -> "
+            f"{100 * knn[-1][1]:.1f}% at step {knn[-1][0]} (held-out labels)"
+        )
+    lines.append(f"  run folder     {result.out} (config.yaml, checkpoints/, encoder.pt)")
+    if result.checkpoint:
+        lines.append(f"  checkpoint     {result.checkpoint} (continue with --resume {result.out})")
+    if result.run_id:
+        from radengine.tracking import tracking_uri
+
+        lines.append(f"  MLflow run     {result.run_id} at {tracking_uri(cfg.tracking.uri)}")
+        if result.model_uri:
+            lines.append(f"  encoder model  {result.model_uri}")
+        lines.append("  open it with   radengine ui   (then http://127.0.0.1:5000)")
+    print("\n".join(lines))
+    return 0
+
+
+def _is_main_rank() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from radengine import tracking
+
+    try:
+        return tracking.run_ui(args.uri, host=args.host, port=args.port)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radengine",
@@ -203,12 +273,45 @@ def build_parser() -> argparse.ArgumentParser:
     sv = store.add_parser("verify", help="check every checksum; exit 1 on any problem")
     sv.add_argument("store")
     p.set_defaults(func=_cmd_store)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining (SimCLR) on a store; no --data: built-in synthetic set",
+        description="Pretrain an encoder. Config: defaults, then --config YAML, then these "
+        "flags, then key=value overrides (e.g. optim.epochs=10 model.arch=resnet50). "
+        "Run under torchrun for several GPUs or nodes.",
+    )
+    p.add_argument("--domain", choices=["ct", "natural"], help="data domain (default: ct)")
+    p.add_argument(
+        "--data", metavar="STORE", help="store to train on (default: built-in synthetic)"
+    )
+    p.add_argument("--config", metavar="YAML", help="experiment config, e.g. experiments/pretrain/")
+    p.add_argument("--resume", metavar="RUN", help="run folder or checkpoint to continue exactly")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<run name>)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--tracking", metavar="URI|none", help="MLflow tracking URI, or none to log nothing"
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the tracking store")
+    p.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_cmd_ui)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after pretrain's options
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        bad = [a for a in extra if a.startswith("-") or "=" not in a]
+        if bad or getattr(args, "func", None) is not _cmd_pretrain:
+            parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.version:
         from radengine import __version__
 

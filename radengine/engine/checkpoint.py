@@ -1,0 +1,117 @@
+"""Atomic training checkpoints and exact resume.
+
+A checkpoint is one file ``step-<8 digits>.pt`` in the run's ``checkpoints/`` folder,
+written to a temporary name in the same folder, fsynced and renamed, so a kill at any moment
+leaves either the old set or the old set plus a complete new file, never a torn one. It
+holds everything that decides the rest of the run: model, optimizer, schedule and grad
+scaler states, the step and data position, every RNG state and the resolved config (which
+a resume is checked against). ``latest`` skips unreadable files (e.g. a disk that lied
+about fsync) with a warning, falling back to the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from radengine.data.store import atomic_write_bytes
+
+__all__ = ["CheckpointError", "find", "latest", "load", "rng_state", "save", "set_rng_state"]
+
+_NAME = re.compile(r"^step-(\d{8,})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def path_for(folder: Path, step: int) -> Path:
+    return Path(folder) / f"step-{step:08d}.pt"
+
+
+def find(folder: str | Path) -> list[Path]:
+    """Checkpoints in ``folder``, oldest first (temporary files are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save(folder: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``state`` atomically as ``folder/step-<step>.pt``; keep the newest ``keep``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path = path_for(folder, step)
+    atomic_write_bytes(path, buf.getbuffer())
+    for old in find(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU; CheckpointError naming the file if it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # weights_only: a checkpoint is data (tensors, numbers, strings), never code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means "unusable"
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+            "delete it to resume from the previous one"
+        ) from exc
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path} is not a radengine training checkpoint")
+    return state
+
+
+def latest(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint in ``folder`` (None if there is none)."""
+    for path in reversed(find(folder)):
+        try:
+            return path, load(path)
+        except CheckpointError as exc:
+            warnings.warn(f"skipping {exc}", stacklevel=2)
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run touches: Python, numpy, torch CPU and CUDA."""
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _numpy_state() -> tuple[Any, ...]:
+    # As tensors and numbers so the file loads with weights_only=True.
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)

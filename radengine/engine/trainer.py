@@ -1,0 +1,1048 @@
+"""The pretraining loop: store -> loader -> device augmentation -> SSL method -> LARS,
+with DDP, bf16, atomic checkpoints, exact resume and MLflow tracking (rank 0).
+
+Determinism. Everything random in a step is a pure function of (seed, step): the loader's
+order is a function of (seed, epoch) (radengine/data/loader.py), and each step's
+augmentation parameters are drawn for the GLOBAL batch from a generator seeded with
+(seed, step, source) and then sliced to this rank's rows. So a resumed run replays exactly
+the batches and views the uninterrupted run would have seen, and W ranks see exactly the
+views one process would (only the BN statistics, per rank, differ; the 2-process gloo test
+uses a model without BN and shows equal losses and gradients).
+
+Non-finite losses. Each step all-reduces its loss first, so every rank takes the same
+decision: ``train.nonfinite=stop`` ends the run with an error naming the step (the last
+checkpoint stays the last good one), ``skip`` drops the update (backward still runs so DDP's
+bookkeeping stays in step) and stops only after ``train.max_skips`` skips in a row. A
+checkpoint is never written from non-finite weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from radengine import config as config_mod
+from radengine.config import PretrainConfig
+from radengine.data.loader import StoreLoader
+from radengine.data.store import Store, StoreError, atomic_write_bytes
+from radengine.engine import checkpoint, distributed
+from radengine.engine.optim import LARS, WarmupCosine, param_groups, scaled_lr
+
+__all__ = ["PretrainError", "PretrainResult", "pretrain"]
+
+CHECKPOINT_FORMAT = 1
+
+# Config keys that do not change the computation: a resume may differ in these.
+RESUME_FREE_KEYS = (
+    "train.out",
+    "train.progress",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.max_steps",
+    "train.device",
+    "data.workers",
+    "data.prefetch",
+    "data.pin_memory",
+    "knn",
+    "tracking",
+)
+STORE_KIND = {"ct": "ct", "natural": "images"}
+
+
+class PretrainError(RuntimeError):
+    """A pretraining run that cannot start or continue; the message says what to do."""
+
+
+@dataclass
+class PretrainResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    out: Path
+    run_id: str | None
+    steps: int
+    epochs: float
+    loss: float
+    knn: list[tuple[int, float]]
+    seconds: float
+    images_per_second: float
+    data_wait: float
+    checkpoint: Path | None
+    model_uri: str | None = None
+    stopped: str | None = None
+    skipped_steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Source:
+    domain: str
+    store: Store
+    indices: np.ndarray
+    rows: int  # this rank's rows per step from this source
+    fraction: float
+
+    def describe(self) -> str:
+        return f"{self.domain} store {self.store.path} ({len(self.indices)} samples)"
+
+
+def open_store(domain: str, path: str | None, *, progress: bool = True) -> Store:
+    """The store for ``domain``: ``path``, or the built-in synthetic one when None."""
+    if path is None:
+        from radengine.data.builtin import builtin_store
+
+        return builtin_store(domain, progress=progress)
+    try:
+        store = Store(path)
+    except StoreError as exc:
+        raise PretrainError(f"data store: {exc}") from None
+    if store.kind != STORE_KIND[domain]:
+        other = "natural" if store.kind == "images" else store.kind
+        raise PretrainError(
+            f"store {path} holds {other} data but the run's domain is {domain}; "
+            f"use --domain {other} or a {domain} store"
+        )
+    if not store.finished:
+        raise PretrainError(
+            f"store {path} is incomplete (an ingest did not finish); rerun the ingest command "
+            "to complete it"
+        )
+    return store
+
+
+def _shares(total: int, weights: list[float]) -> list[int]:
+    """Split ``total`` rows by ``weights`` (largest remainders), each share >= 1."""
+    if total < len(weights):
+        raise PretrainError(
+            f"a batch of {total} rows per rank cannot hold {len(weights)} mixed sources"
+        )
+    raw = [total * w / sum(weights) for w in weights]
+    shares = [max(1, int(r)) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
+    i = 0
+    while sum(shares) < total:
+        shares[order[i % len(order)]] += 1
+        i += 1
+    while sum(shares) > total:
+        j = max(range(len(shares)), key=lambda k: shares[k])
+        shares[j] -= 1
+    return shares
+
+
+@dataclass
+class _Stage:
+    epochs: int
+    sources: list[_Source]
+    loaders: list[StoreLoader]
+    steps_per_epoch: int
+
+
+def _build_stages(cfg: PretrainConfig, dist_info: distributed.DistInfo) -> list[_Stage]:
+    d = cfg.data
+    if cfg.optim.batch_size % dist_info.world_size:
+        raise PretrainError(
+            f"optim.batch_size={cfg.optim.batch_size} is the global batch and must divide by "
+            f"the {dist_info.world_size} ranks"
+        )
+    per_rank = cfg.optim.batch_size // dist_info.world_size
+    if cfg.stages:
+        plans = [
+            (st.epochs, [config_mod.SourceConfig(st.domain, st.store, st.fraction)])
+            for st in cfg.stages
+        ]
+    else:
+        plans = [(cfg.optim.epochs, d.sources())]
+    pin = d.pin_memory if d.pin_memory is not None else dist_info.device.type == "cuda"
+    stages = []
+    for s_index, (epochs, srcs) in enumerate(plans):
+        rows = _shares(per_rank, [s.weight for s in srcs])
+        sources, loaders = [], []
+        for k, (src, n) in enumerate(zip(srcs, rows, strict=True)):
+            store = open_store(src.domain, src.store, progress=dist_info.main)
+            try:
+                idx = store.select(
+                    None if d.split == "all" else d.split, fraction=src.fraction, seed=d.split_seed
+                )
+            except ValueError as exc:
+                raise PretrainError(f"data ({src.domain}, {store.path}): {exc}") from None
+            if len(idx) == 0:
+                raise PretrainError(
+                    f"the {d.split} split of {store.path} at fraction {src.fraction} is empty"
+                )
+            global_rows = n * dist_info.world_size
+            if len(idx) < global_rows:
+                raise PretrainError(
+                    f"batch of {global_rows} {src.domain} samples is larger than the "
+                    f"{len(idx)} samples of {store.path} ({d.split} split, fraction "
+                    f"{src.fraction}); lower optim.batch_size or use more data"
+                )
+            sources.append(_Source(src.domain, store, idx, n, src.fraction))
+            loaders.append(
+                StoreLoader(
+                    store,
+                    idx,
+                    batch_size=n,
+                    seed=cfg.seed * 1000 + s_index * 10 + k,
+                    rank=dist_info.rank,
+                    world_size=dist_info.world_size,
+                    workers=d.workers,
+                    pin_memory=pin,
+                    prefetch=d.prefetch,
+                )
+            )
+        spe = min(len(ld) for ld in loaders)
+        stages.append(_Stage(epochs, sources, loaders, spe))
+    return stages
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _channels(cfg: PretrainConfig, domain: str) -> int:
+    if domain == "natural":
+        return 3
+    from radengine.ops.hu_window import WindowSpec
+
+    return WindowSpec.parse(cfg.augment.intensity, repeat=cfg.augment.repeat).channels
+
+
+def build_model(cfg: PretrainConfig, in_chans: int) -> nn.Module:
+    """The SSL module of ``cfg.method`` on a fresh ``cfg.model.arch`` backbone."""
+    from radengine.models import create_model
+    from radengine.ssl import METHODS
+
+    m = cfg.model
+    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans}
+    if m.arch.startswith("resnet"):
+        kwargs["zero_init_residual"] = m.zero_init_residual
+    elif m.arch.startswith("vit"):
+        kwargs["img_size"] = cfg.augment.size
+    try:
+        backbone = create_model(m.arch, **kwargs)
+    except (ValueError, ImportError) as exc:
+        raise PretrainError(f"model.arch: {exc}") from None
+    if cfg.method not in METHODS:
+        raise PretrainError(f"unknown method {cfg.method!r}; known: {sorted(METHODS)}")
+    return METHODS[cfg.method](
+        backbone,
+        proj_dim=m.proj_dim,
+        proj_hidden=m.proj_hidden,
+        proj_layers=m.proj_layers,
+        proj_bn=m.proj_bn,
+        temperature=cfg.loss.temperature,
+        gather=cfg.loss.gather,
+    )
+
+
+def _resolved_lr(cfg: PretrainConfig) -> float:
+    o = cfg.optim
+    if o.lr is not None:
+        return o.lr
+    if o.lr_scaling == "none":
+        return o.lr_base if o.lr_base is not None else 0.1
+    return scaled_lr(o.batch_size, o.lr_scaling, o.lr_base)
+
+
+def _optimizer(cfg: PretrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = param_groups(model, o.weight_decay, o.exclude_bias_and_norm)
+    if o.name == "lars":
+        return LARS(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
+
+
+def _amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
+    p = cfg.train.precision
+    if p == "auto":
+        p = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def _views(
+    cfg: PretrainConfig,
+    stage: _Stage,
+    batches: list[dict[str, Tensor]],
+    step: int,
+    dist_info: distributed.DistInfo,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool,
+) -> tuple[Tensor, Tensor]:
+    """Two views of this rank's rows of the step's global batch, made on the device.
+
+    Parameters are sampled for the global batch of each source (seeded by step and source)
+    and sliced, so the views do not depend on the number of ranks."""
+    from radengine.ops.augment import augment_views, sample_params
+
+    a = cfg.augment
+    spec = _spec(cfg)
+    v1, v2 = [], []
+    for k, (src, batch) in enumerate(zip(stage.sources, batches, strict=True)):
+        x = batch["image"].to(device, non_blocking=True)
+        n = src.rows
+        is_ct = src.domain == "ct"
+        params = sample_params(
+            spec,
+            a.views,
+            n * dist_info.world_size,
+            tuple(x.shape[1:3]),
+            _window_spec(cfg) if is_ct else None,
+            seed=_step_seed(cfg.seed, step, k),
+        )
+        params = _rows(params, dist_info.rank * n, (dist_info.rank + 1) * n)
+        views, _ = augment_views(
+            x,
+            spec,
+            views=a.views,
+            size=a.size,
+            intensity=a.intensity,
+            repeat=a.repeat,
+            mean=a.mean,
+            std=a.std,
+            params=params,
+            dtype=dtype,
+            channels_last=channels_last,
+        )
+        v1.append(views[0])
+        v2.append(views[1])
+    if len(v1) == 1:
+        return v1[0], v2[0]
+    return torch.cat(v1), torch.cat(v2)
+
+
+def _rows(params: Any, lo: int, hi: int) -> Any:
+    """This rank's samples [lo, hi) of parameters drawn for the global batch."""
+    if lo == 0 and hi == params.batch:
+        return params
+    fields = {}
+    for name, t in params.items():
+        keep = t is not None and t.dim() >= 2 and t.shape[1] == params.batch
+        fields[name] = t[:, lo:hi].contiguous() if keep else t
+    return type(params)(**fields)
+
+
+def _window_spec(cfg: PretrainConfig) -> Any:
+    from radengine.ops.hu_window import WindowSpec
+
+    a = cfg.augment
+    return WindowSpec.parse(a.intensity, repeat=a.repeat, mean=a.mean, std=a.std)
+
+
+def _spec(cfg: PretrainConfig) -> Any:
+    from radengine.ops.augment import AugmentSpec
+
+    return AugmentSpec.parse({"preset": cfg.augment.preset, **cfg.augment.params})
+
+
+def _step_seed(seed: int, step: int, source: int) -> int:
+    # splitmix-style mixing so neighbouring steps get unrelated streams
+    z = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + source * 0x94D049BB133111EB) & (
+        2**63 - 1
+    )
+    z ^= z >> 31
+    return int(z % (2**62))
+
+
+# ----------------------------------------------------------------------------- kNN monitor
+
+
+@torch.no_grad()
+def knn_monitor(
+    cfg: PretrainConfig,
+    encoder: nn.Module,
+    store: Store,
+    domain: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> float | None:
+    """Weighted kNN accuracy (k, T from cfg.knn) of held-out labels on frozen features.
+
+    Bank: up to ``knn.bank`` labelled training samples; queries: up to ``knn.queries`` of
+    ``knn.split``. Both are fixed subsets (seeded), so epochs compare like with like.
+    None when the store has no labelled samples in one of the two splits."""
+    from radengine.ops.augment import augment_views
+
+    k = cfg.knn
+    labels = store.index["label"].astype(np.int64)
+    rng = np.random.default_rng(12345)
+
+    def pick(split: str, n: int) -> np.ndarray:
+        idx = store.select(split, seed=cfg.data.split_seed)
+        idx = idx[labels[idx] >= 0]
+        if len(idx) > n:
+            idx = np.sort(rng.choice(idx, n, replace=False))
+        return idx
+
+    bank_idx, query_idx = pick("train", k.bank), pick(k.split, k.queries)
+    if len(bank_idx) == 0 or len(query_idx) == 0:
+        return None
+    was_training = encoder.training
+    encoder.eval()
+
+    def features(idx: np.ndarray) -> Tensor:
+        out = []
+        for lo in range(0, len(idx), 256):
+            x = torch.from_numpy(store.images(idx[lo : lo + 256])).to(device)
+            (v,), _ = augment_views(
+                x,
+                "none",
+                views=1,
+                size=cfg.augment.size,
+                intensity=cfg.augment.intensity,
+                repeat=cfg.augment.repeat,
+                mean=cfg.augment.mean,
+                std=cfg.augment.std,
+                dtype=dtype,
+            )
+            f = encoder.forward_features(v).float()
+            out.append(nn.functional.normalize(f, dim=1))
+        return torch.cat(out)
+
+    try:
+        bank, queries = features(bank_idx), features(query_idx)
+    finally:
+        encoder.train(was_training)
+    bank_labels = torch.from_numpy(labels[bank_idx]).to(device)
+    query_labels = torch.from_numpy(labels[query_idx]).to(device)
+    pred = weighted_knn(queries, bank, bank_labels, k.k, k.temperature)
+    return float((pred == query_labels).float().mean())
+
+
+def weighted_knn(
+    queries: Tensor, bank: Tensor, bank_labels: Tensor, k: int, temperature: float
+) -> Tensor:
+    """Predicted labels: each of the k nearest (cosine) neighbours votes exp(sim / T).
+
+    Args:
+        queries: (Q, D) L2-normalised features.
+        bank: (N, D) L2-normalised features.
+        bank_labels: (N,) int64 labels in [0, C).
+    Returns:
+        (Q,) int64 predictions.
+    """
+    num_classes = int(bank_labels.max()) + 1
+    k = min(k, bank.shape[0])
+    sim = queries @ bank.T
+    top, idx = sim.topk(k, dim=1)
+    votes = torch.zeros(queries.shape[0], num_classes, device=queries.device)
+    votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp())
+    return votes.argmax(1)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _State:
+    step: int = 0  # optimizer steps taken (skipped ones included)
+    epoch: int = 0
+    step_in_epoch: int = 0
+    skipped: int = 0
+    consecutive_skips: int = 0
+    knn: list[tuple[int, float]] = field(default_factory=list)
+    run_id: str | None = None
+    elapsed: float = 0.0
+
+
+def _run_name(cfg: PretrainConfig) -> str:
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    domains = "+".join(
+        dict.fromkeys(s.domain for s in cfg.stages)
+        if cfg.stages
+        else [cfg.data.domain] + [m.domain for m in cfg.data.mix]
+    )
+    return f"{cfg.method}-{cfg.model.arch}-{domains}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _resolve_out(cfg: PretrainConfig, resume: str | None) -> tuple[Path, dict[str, Any] | None]:
+    """The run folder and, when resuming, the checkpoint state to continue from."""
+    if resume:
+        path = Path(resume)
+        if path.is_dir():
+            folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+            found = checkpoint.latest(folder)
+            if found is None:
+                raise PretrainError(f"--resume {resume}: no checkpoint in {folder}")
+            ckpt_path, state = found
+        else:
+            try:
+                state = checkpoint.load(path)
+            except checkpoint.CheckpointError as exc:
+                raise PretrainError(f"--resume: {exc}") from None
+            ckpt_path = path
+        out = ckpt_path.parent.parent
+        saved = config_mod.config_from_dict(state["config"])
+        changed = config_mod.diff(saved, cfg, ignore=RESUME_FREE_KEYS)
+        if changed:
+            a, b = config_mod._flat(state["config"]), config_mod._flat(config_mod.to_dict(cfg))
+            detail = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
+            raise PretrainError(
+                f"--resume {resume}: the checkpoint {ckpt_path} is from another config "
+                f"({detail}). Resume with the run's own config ({out / 'config.yaml'}) or "
+                "start a new run"
+            )
+        return out, state
+    out = Path(cfg.train.out) if cfg.train.out else Path("runs") / _run_name(cfg)
+    if checkpoint.find(out / "checkpoints"):
+        raise PretrainError(
+            f"{out} already holds checkpoints of a run; continue it with --resume {out} or "
+            "choose another train.out"
+        )
+    return out, None
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    *,
+    resume: str | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> PretrainResult:
+    """Run (or resume) one pretraining job described by ``cfg``.
+
+    Args:
+        cfg: the resolved config (:func:`radengine.config.load_pretrain_config`).
+        resume: a run folder or checkpoint file to continue from exactly.
+        echo: where rank 0's messages go (default: stderr).
+
+    Returns:
+        A :class:`PretrainResult` (on every rank; ``run_id`` is broadcast from rank 0).
+
+    Raises:
+        PretrainError: bad data, config or resume target, or a non-finite loss with
+            ``train.nonfinite=stop``; the message says what to do.
+    """
+    cfg.validate()
+    dist_info = distributed.setup(cfg.train.device)
+    try:
+        return _Trainer(cfg, dist_info, resume, echo).run()
+    finally:
+        distributed.cleanup(dist_info)
+
+
+class _Trainer:
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        dist_info: distributed.DistInfo,
+        resume: str | None,
+        echo: Callable[[str], None] | None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info
+        self.device = dist_info.device
+        self.echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+
+        out, state = _resolve_out(cfg, resume) if dist_info.main else (None, None)
+        out = distributed.broadcast_object(str(out) if out else None)
+        self.out = Path(out)
+        # every rank reads the checkpoint itself (same file system assumed, as torchrun jobs)
+        if resume and not dist_info.main:
+            _, state = _resolve_out(cfg, resume)
+        self.resume_state = state
+
+        self.stages = _build_stages(cfg, dist_info)
+        domains = {s.domain for st in self.stages for s in st.sources}
+        chans = {_channels(cfg, dom) for dom in domains}
+        if len(chans) > 1:
+            raise PretrainError(
+                "mixed CT and natural images need the same channel count: set "
+                "augment.repeat (and augment.intensity) so CT gives 3 channels"
+            )
+        self.in_chans = chans.pop()
+        self.total_steps = sum(st.epochs * st.steps_per_epoch for st in self.stages)
+        self.total_epochs = sum(st.epochs for st in self.stages)
+        first = self.stages[0].steps_per_epoch
+        self.warmup_steps = min(self.total_steps, round(cfg.optim.warmup_epochs * first))
+
+        self.amp = _amp_dtype(cfg, self.device)
+        self.view_dtype = self.amp if self.amp is not None else torch.float32
+        cl = cfg.model.channels_last
+        self.channels_last = cl if cl is not None else not cfg.model.arch.startswith("vit")
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, self.in_chans)
+        if cfg.model.sync_bn and dist_info.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.module = model
+        self.lr = _resolved_lr(cfg)
+        self.optimizer = _optimizer(cfg, model, self.lr)
+        self.scheduler = WarmupCosine(
+            self.optimizer, self.total_steps, self.warmup_steps, cfg.optim.final_lr_fraction
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.state = _State()
+        if state is not None:
+            self._restore(state)
+        if dist_info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = torch.compile(model) if cfg.model.compile else model
+        self.tracker = self._tracker()
+        self._knn_warned = False
+
+    # -- checkpoints
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise PretrainError(f"checkpoint format {state.get('format')} is not supported")
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        s = state["state"]
+        self.state = _State(
+            step=s["step"],
+            epoch=s["epoch"],
+            step_in_epoch=s["step_in_epoch"],
+            skipped=s["skipped"],
+            knn=[tuple(x) for x in s["knn"]],
+            run_id=s["run_id"],
+            elapsed=s["elapsed"],
+        )
+
+    def _weights_finite(self) -> bool:
+        flags = [
+            torch.isfinite(t).all()
+            for t in self.module.state_dict().values()
+            if t.is_floating_point()
+        ]
+        return bool(torch.stack(flags).all()) if flags else True
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.dist.main:
+            return None
+        if not self._weights_finite():
+            raise PretrainError(
+                f"the weights are not finite at step {self.state.step}; no checkpoint written "
+                f"(the last good one is in {self.out / 'checkpoints'})"
+            )
+        s = self.state
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "config": config_mod.to_dict(self.cfg),
+            "state": {
+                "step": s.step,
+                "epoch": s.epoch,
+                "step_in_epoch": s.step_in_epoch,
+                "skipped": s.skipped,
+                "knn": [list(x) for x in s.knn],
+                "run_id": s.run_id,
+                "elapsed": s.elapsed + (time.perf_counter() - self._t_start),
+            },
+        }
+        path = checkpoint.save(
+            self.out / "checkpoints", s.step, payload, keep=self.cfg.train.keep_checkpoints
+        )
+        if self.cfg.tracking.log_checkpoints:
+            self.tracker.log_artifact(path, "checkpoints")
+        return path
+
+    # -- tracking
+
+    def _tracker(self):
+        from radengine import tracking
+
+        cfg = self.cfg
+        enabled = cfg.tracking.enabled and self.dist.main
+        if enabled and not tracking.mlflow_available():
+            raise PretrainError(
+                "MLflow is not installed: pip install 'radengine[tracking]', or run with "
+                "--tracking none"
+            )
+        return tracking.Tracker(cfg.tracking.uri, cfg.tracking.experiment, enabled=enabled)
+
+    def _start_tracking(self) -> None:
+        cfg = self.cfg
+        src = self.stages[-1].sources[0]
+        fractions = ",".join(str(s.fraction) for st in self.stages for s in st.sources)
+        tags = {
+            "study": cfg.study,
+            "stage": "pretrain",
+            "domain": "+".join(dict.fromkeys(s.domain for st in self.stages for s in st.sources)),
+            "method": cfg.method,
+            "arch": cfg.model.arch,
+            "init": "scratch",
+            "data_fraction": fractions,
+            "seed": cfg.seed,
+            "out": str(self.out),
+        }
+        params = config_mod.to_dict(cfg)
+        params["resolved"] = {
+            "lr": self.lr,
+            "world_size": self.dist.world_size,
+            "steps_per_epoch": ",".join(str(st.steps_per_epoch) for st in self.stages),
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "in_chans": self.in_chans,
+            "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+            "device": self.device.type,
+        }
+        if self.state.run_id is not None:
+            # MLflow params are write-once: a resume may change only the keys that do not
+            # alter the computation (RESUME_FREE_KEYS); keep the first run's values for them.
+            params = _drop_keys(params, RESUME_FREE_KEYS)
+            tags["resumed_at_step"] = self.state.step
+        run_id = self.tracker.start(
+            run_name=self.out.name,
+            tags=tags,
+            params=params,
+            run_id=self.state.run_id,
+            system_metrics=cfg.tracking.system_metrics,
+        )
+        if run_id is not None and self.state.run_id is None:
+            self.tracker.log_dict(config_mod.to_dict(cfg), "config.yaml")
+            for st in self.stages:
+                for s in st.sources:
+                    self.tracker.log_dataset(
+                        name=f"{s.domain}:{s.store.path.name}",
+                        path=str(s.store.path),
+                        digest=s.store.digest(),
+                        num_samples=len(s.indices),
+                        fraction=s.fraction,
+                        domain=s.domain,
+                    )
+        self.state.run_id = distributed.broadcast_object(run_id)
+        del src
+
+    # -- the loop
+
+    def _stage_of(self, epoch: int) -> _Stage:
+        e = epoch
+        for st in self.stages:
+            if e < st.epochs:
+                return st
+            e -= st.epochs
+        return self.stages[-1]
+
+    def _batches(self, stage: _Stage, epoch: int, start: int) -> Iterator[list[dict[str, Tensor]]]:
+        # DataLoader draws its workers' base seed from the global RNG; keep that draw out
+        # of the training RNG stream so a resumed run continues it exactly.
+        with torch.random.fork_rng(devices=[]):
+            iters = [iter(ld.epoch(epoch, start)) for ld in stage.loaders]
+        for _ in range(start, stage.steps_per_epoch):
+            yield [next(it) for it in iters]
+
+    def _knn(self) -> None:
+        if not self.dist.main or self.cfg.knn.every <= 0:
+            return
+        src = self.stages[-1].sources[0]
+        acc = knn_monitor(
+            self.cfg, self.module.encoder, src.store, src.domain, self.device, self.view_dtype
+        )
+        if acc is None:
+            if not self._knn_warned:
+                self.echo(
+                    f"kNN monitor skipped: {src.store.path} has no labelled samples in the "
+                    f"train or {self.cfg.knn.split} split (too few patients?)"
+                )
+                self._knn_warned = True
+            return
+        self.state.knn.append((self.state.step, acc))
+        self.tracker.log_metrics({"knn/accuracy": acc}, step=self.state.step)
+        self.echo(f"kNN monitor at step {self.state.step}: {100 * acc:.1f}% ({src.domain} labels)")
+
+    def run(self) -> PretrainResult:
+        cfg, s = self.cfg, self.state
+        self._t_start = time.perf_counter()
+        fresh = self.resume_state is None
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / "config.yaml", config_mod.dump_yaml(cfg).encode())
+        self._start_tracking()
+        if self.dist.main:
+            what = " + ".join(src.describe() for src in self.stages[0].sources)
+            self.echo(
+                f"pretraining {cfg.method} {cfg.model.arch} on {what}; {self.total_epochs} epochs "
+                f"x {self.stages[0].steps_per_epoch} steps, global batch {cfg.optim.batch_size}, "
+                f"lr {self.lr:.4g}, {self.device}"
+                + (f", {self.dist.world_size} ranks" if self.dist.distributed else "")
+                + (f"; resuming at step {s.step}" if not fresh else "")
+                + f"; run folder {self.out}"
+            )
+        if fresh and cfg.knn.every > 0:
+            self._knn()
+        stop_reason: str | None = None
+        interrupted = _SignalFlag()
+        bar = self._progress()
+        window_loss: list[float] = []
+        images = 0
+        wait = 0.0
+        t_window = time.perf_counter()
+        imgs_window = 0
+        wait_window = 0.0
+        last_loss = float("nan")
+        step_times: list[tuple[float, float]] = []  # (data wait, whole step) in seconds
+        ckpt_path: Path | None = None
+        status = "FINISHED"
+        try:
+            with interrupted:
+                while s.epoch < self.total_epochs:
+                    stage = self._stage_of(s.epoch)
+                    batches = self._batches(stage, s.epoch, s.step_in_epoch)
+                    while True:
+                        t0 = time.perf_counter()
+                        try:
+                            batch = next(batches)
+                        except StopIteration:
+                            break
+                        dt_wait = time.perf_counter() - t0
+                        wait += dt_wait
+                        wait_window += dt_wait
+                        loss = self._step(stage, batch)
+                        step_times.append((dt_wait, time.perf_counter() - t0))
+                        n = cfg.optim.batch_size
+                        images += n
+                        imgs_window += n
+                        last_loss = loss
+                        if math.isfinite(loss):
+                            window_loss.append(loss)
+                        s.step += 1
+                        s.step_in_epoch += 1
+                        if bar is not None:
+                            bar.update(1)
+                        max_steps = cfg.train.max_steps
+                        stopping = bool(interrupted.fired) or (
+                            max_steps is not None and s.step >= max_steps
+                        )
+                        if (
+                            s.step % cfg.train.log_every == 0
+                            or s.step == self.total_steps
+                            or stopping
+                        ):
+                            now = time.perf_counter()
+                            span = max(now - t_window, 1e-9)
+                            metrics = {
+                                "train/loss": float(np.mean(window_loss))
+                                if window_loss
+                                else last_loss,
+                                "train/lr": self.optimizer.param_groups[0]["lr"],
+                                "train/img_per_s": imgs_window / span,
+                                "train/data_wait": min(1.0, wait_window / span),
+                                "train/epoch": s.step / max(1, stage.steps_per_epoch),
+                            }
+                            self.tracker.log_metrics(metrics, step=s.step)
+                            if bar is not None:
+                                bar.set_postfix(
+                                    loss=f"{metrics['train/loss']:.4f}",
+                                    lr=f"{metrics['train/lr']:.3g}",
+                                    img_s=f"{metrics['train/img_per_s']:.0f}",
+                                    refresh=False,
+                                )
+                            window_loss.clear()
+                            t_window, imgs_window, wait_window = now, 0, 0.0
+                        if s.step % cfg.train.checkpoint_every == 0:
+                            ckpt_path = self.save_checkpoint()
+                        if cfg.train.max_steps is not None and s.step >= cfg.train.max_steps:
+                            raise _Stop(f"train.max_steps={cfg.train.max_steps} reached")
+                        if interrupted.fired:
+                            raise _Stop(f"signal {interrupted.fired} received")
+                    s.epoch += 1
+                    s.step_in_epoch = 0
+                    every = cfg.knn.every
+                    if every > 0 and (s.epoch % every == 0 or s.epoch == self.total_epochs):
+                        self._knn()
+        except _Stop as stop:
+            stop_reason = str(stop)
+            status = "KILLED" if interrupted.fired else "FINISHED"
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            self.tracker.finish(
+                "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED"
+            )
+            raise
+        if bar is not None:
+            bar.close()
+        if ckpt_path is None or checkpoint.path_for(self.out / "checkpoints", s.step) != ckpt_path:
+            ckpt_path = self.save_checkpoint()
+        seconds = time.perf_counter() - self._t_start
+        model_uri = None
+        if self.dist.main:
+            encoder = self.module.encoder
+            atomic_write_bytes(self.out / "encoder.pt", _state_bytes(encoder))
+            if cfg.tracking.log_model and status != "KILLED":
+                example = np.zeros(
+                    (1, self.in_chans, cfg.augment.size, cfg.augment.size), "float32"
+                )
+                model_uri = self.tracker.log_model(
+                    encoder,
+                    name="encoder",
+                    registered_name=cfg.tracking.registered_name,
+                    input_example=example,
+                )
+        result = PretrainResult(
+            out=self.out,
+            run_id=s.run_id,
+            steps=s.step,
+            epochs=s.epoch + s.step_in_epoch / max(1, self._stage_of(s.epoch).steps_per_epoch),
+            loss=last_loss,
+            knn=list(s.knn),
+            seconds=seconds,
+            images_per_second=images / max(seconds, 1e-9),
+            data_wait=wait / max(seconds, 1e-9),
+            checkpoint=ckpt_path,
+            model_uri=model_uri,
+            stopped=stop_reason,
+            skipped_steps=s.skipped,
+            extra={"step_times": step_times},
+        )
+        if self.dist.main:
+            summary = {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in dataclasses.asdict(result).items()
+                if k != "extra"
+            }
+            atomic_write_bytes(
+                self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode()
+            )
+            self.tracker.log_metrics(
+                {"final/loss": last_loss, "final/img_per_s": result.images_per_second}, step=s.step
+            )
+        self.tracker.finish(status)
+        return result
+
+    def _progress(self):
+        if not (self.dist.main and self.cfg.train.progress):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            desc=f"pretrain {self.cfg.method}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def _step(self, stage: _Stage, batch: list[dict[str, Tensor]]) -> float:
+        cfg, s = self.cfg, self.state
+        v1, v2 = _views(
+            cfg, stage, batch, s.step, self.dist, self.device, self.view_dtype, self.channels_last
+        )
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp)
+            if self.amp is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            loss = self.model(v1, v2)
+        global_loss = float(distributed.all_reduce_mean(loss.detach().float()))
+        finite = math.isfinite(global_loss)
+        if not finite and cfg.train.nonfinite == "stop":
+            raise PretrainError(
+                f"the loss is {global_loss} at step {s.step} (epoch {s.epoch}); stopping. "
+                f"The last good checkpoint is in {self.out / 'checkpoints'}. Lower optim.lr, "
+                "set optim.grad_clip, or use train.nonfinite=skip to drop such steps"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if not finite:
+            s.skipped += 1
+            s.consecutive_skips += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.dist.main:
+                self.echo(f"warning: non-finite loss at step {s.step}; update skipped")
+            if s.consecutive_skips >= cfg.train.max_skips:
+                raise PretrainError(
+                    f"{s.consecutive_skips} non-finite losses in a row (last at step {s.step}); "
+                    "stopping. Lower optim.lr or set optim.grad_clip"
+                )
+            with warnings.catch_warnings():  # stepping the schedule without an update is
+                warnings.simplefilter("ignore", UserWarning)  # what "skip" means
+                self.scheduler.step()
+            return global_loss
+        s.consecutive_skips = 0
+        if cfg.optim.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return global_loss
+
+
+def _drop_keys(tree: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``tree`` without the dotted ``keys`` (whole subtrees for prefixes)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if k in keys:
+            continue
+        inner = tuple(x[len(k) + 1 :] for x in keys if x.startswith(k + "."))
+        out[k] = _drop_keys(v, inner) if isinstance(v, dict) and inner else v
+    return out
+
+
+def _state_bytes(module: nn.Module) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+class _SignalFlag:
+    """SIGTERM/SIGUSR1 (cluster preemption) -> finish the step, checkpoint, stop."""
+
+    def __init__(self) -> None:
+        self.fired: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalFlag:
+        if _main_thread():
+            for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.fired = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread() and os.name == "posix"

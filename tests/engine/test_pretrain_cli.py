@@ -1,0 +1,103 @@
+"""`radengine pretrain` end to end: a tiny tracked run read back from MLflow, a resumed run
+continuing the same MLflow run, and the command's errors (exit 2, the key named)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from radengine.cli import main
+from radengine.data.builtin import write_synthetic_ct_store
+
+TINY = [
+    "augment.size=32",
+    "optim.batch_size=16",
+    "optim.epochs=1",
+    "data.workers=0",
+    "train.progress=false",
+    "train.checkpoint_every=4",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("stores") / "ct"
+    # 10 patients: 8 train, 1 val, 1 test, so the kNN monitor has held-out labels
+    write_synthetic_ct_store(path, patients=10, slices=4, size=32)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["optim.epoch=3"], "unknown config key 'optim.epoch'; did you mean 'optim.epochs'"),
+        (["--data", "/nonexistent/store"], "store /nonexistent/store does not exist"),
+        (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+        (["--resume", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
+    ],
+)
+def test_errors_exit_2_and_say_what(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--tracking", "none", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tracked_run_and_resume_in_mlflow(store, tmp_path, monkeypatch, capsys):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", str(store), "--out", str(out), *TINY]
+    assert main([*args, "train.max_steps=4", "tracking.log_model=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "MLflow run" in printed and f"--resume {out}" in printed
+
+    # the default store: mlflow.db in the working directory
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("radengine-pretrain").experiment_id])
+    run_id = run.info.run_id
+    assert run_id in printed
+    tags, params = run.data.tags, run.data.params
+    for key, value in {
+        "stage": "pretrain",
+        "domain": "ct",
+        "method": "simclr",
+        "arch": "resnet18",
+        "init": "scratch",
+        "study": "quickstart",
+        "seed": "0",
+        "data_fraction": "1.0",
+    }.items():
+        assert tags[key] == value, key
+    assert params["optim.batch_size"] == "16" and params["model.arch"] == "resnet18"
+    assert float(params["resolved.lr"]) == pytest.approx(0.075 * 16**0.5)
+    (dataset,) = run.inputs.dataset_inputs
+    from radengine.data.store import Store
+
+    assert params["data.digest"] == Store(store).digest()
+    assert dataset.dataset.source and str(store) in dataset.dataset.source
+    losses = client.get_metric_history(run_id, "train/loss")
+    assert [m.step for m in losses] == [4]  # logged at the stop, though log_every is 10
+    assert client.get_metric_history(run_id, "knn/accuracy")[0].step == 0
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "checkpoints"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
+        "checkpoints/step-00000004.pt"
+    ]
+
+    # resume: the same MLflow run continues; the final encoder is logged as a model
+    assert main([*args, "--resume", str(out), "train.max_steps=8"]) == 0
+    runs = client.search_runs([run.info.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert max(steps) == 8
+    assert runs[0].info.status == "FINISHED"
+    models = (
+        mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+        if hasattr(mlflow, "search_logged_models")
+        else None
+    )
+    if models is not None:
+        assert any(m.source_run_id == run_id and m.name == "encoder" for m in models)
