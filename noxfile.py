@@ -46,7 +46,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(venv_params=VENV)
 def bench(session: nox.Session) -> None:
-    """Every benchmarks/bench_*.py; arguments after `--` go to each script."""
+    """Every benchmarks/bench_*.py; arguments after `--` go to each script.
+
+    bench_pipeline.py (end-to-end pretraining, radengine against the study-style baseline)
+    trains for a few minutes on a CPU; it runs last, after the per-op benchmarks."""
     _install_radengine(session, "triton,dicom,images")
-    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+    scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+    pipeline = ROOT / "benchmarks" / "bench_pipeline.py"
+    for script in [s for s in scripts if s != pipeline] + [pipeline]:
         session.run("python", str(script), *session.posargs)

@@ -197,6 +197,12 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from radengine.engine import pipeline_bench
+
+    return pipeline_bench.run(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radengine",
@@ -294,6 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: `bench pipeline` = pretraining img/s and data wait, ours vs the "
+        "study's DataLoader + per-sample transforms",
+    )
+    p.add_argument("what", choices=["pipeline"], help="which benchmark")
+    p.add_argument(
+        "args", nargs=argparse.REMAINDER, help="its options (radengine bench pipeline --help)"
+    )
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the tracking store")
     p.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")

@@ -142,7 +142,7 @@ class LossConfig:
 class OptimConfig:
     name: str = "lars"  # lars | sgd | adamw
     batch_size: int = 128  # global, over all ranks
-    epochs: int = 3
+    epochs: int = 6
     lr: float | None = None  # None: lr_base scaled by lr_scaling and the batch size
     lr_base: float | None = None  # None: the rule's default (sqrt: 0.075, linear: 0.3)
     lr_scaling: str = "sqrt"  # sqrt | linear | none
@@ -169,7 +169,9 @@ class KnnConfig:
 @dataclass
 class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = (
+        "auto"  # auto (bf16 on CUDA and bf16-capable CPUs, else fp32) | fp32 | bf16 | fp16
+    )
     out: str | None = None  # None: runs/pretrain-<domain>-<time>
     checkpoint_every: int = 500  # steps; checkpoints are also written at the end
     keep_checkpoints: int = 2

@@ -17,7 +17,7 @@ from radengine.config import (
     dump_yaml,
     load_pretrain_config,
 )
-from radengine.engine.trainer import _resolved_lr
+from radengine.engine.trainer import _resolved_lr, _spec, _window_spec
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "pretrain"
 
@@ -128,3 +128,7 @@ def test_every_shipped_config_resolves(path):
         assert cfg.data.fraction < 1
     if "imagenet" in path.name and "then" not in path.name:
         assert cfg.data.domain == "natural"
+    if "hu_windows" in path.name:
+        assert _window_spec(cfg).channels == 3 and not _window_spec(cfg).minmax
+    spec = _spec(cfg)  # the augmentation options are valid
+    assert spec.window_jitter_p == (0.8 if "hu_windows" in path.name else 0.0)

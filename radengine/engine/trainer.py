@@ -272,10 +272,23 @@ def _optimizer(cfg: PretrainConfig, model: nn.Module, lr: float) -> torch.optim.
     return torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where oneDNN's bf16
+    convolutions are about twice as fast as fp32 ones; elsewhere bf16 is emulated (slow)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``auto`` is bf16 on CUDA and on CPUs with native bf16, else fp32."""
     p = cfg.train.precision
     if p == "auto":
-        p = "bf16" if device.type == "cuda" else "fp32"
+        native = device.type == "cuda" or cpu_has_native_bf16()
+        p = "bf16" if native else "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
 
 
@@ -402,6 +415,8 @@ def knn_monitor(
         return None
     was_training = encoder.training
     encoder.eval()
+    low = dtype in (torch.bfloat16, torch.float16)
+    autocast = torch.autocast(device.type, dtype=dtype) if low else contextlib.nullcontext()
 
     def features(idx: np.ndarray) -> Tensor:
         out = []
@@ -418,7 +433,8 @@ def knn_monitor(
                 std=cfg.augment.std,
                 dtype=dtype,
             )
-            f = encoder.forward_features(v).float()
+            with autocast:
+                f = encoder.forward_features(v).float()
             out.append(nn.functional.normalize(f, dim=1))
         return torch.cat(out)
 
@@ -571,6 +587,11 @@ class _Trainer:
             _, state = _resolve_out(cfg, resume)
         self.resume_state = state
 
+        try:  # the augmentation options fail here, not at the first step
+            _spec(cfg)
+            _window_spec(cfg)
+        except ValueError as exc:
+            raise PretrainError(f"augment: {exc}") from None
         self.stages = _build_stages(cfg, dist_info)
         domains = {s.domain for st in self.stages for s in st.sources}
         chans = {_channels(cfg, dom) for dom in domains}

@@ -454,6 +454,12 @@ def _fake_loss_and_lse(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     return x.new_empty((), dtype=acc), x.new_empty((rows,), dtype=acc)
 
 
+def _no_autocast(x: Tensor):
+    """The op runs inside the caller's autocast region (training uses bf16 autocast); its
+    matmuls must stay in fp32 as documented, so autocast is off inside the op."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 # ------------------------------------------------------------- torch.library registration
 # Rows against columns: ``cols`` None means the rows themselves (single process); else the
 # gathered columns of every rank, which hold a copy of ``rows`` at [col_offset, col_offset+M).
@@ -469,7 +475,8 @@ def _nt_xent_op(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     impl = _select(rows.device, backend)
-    return impl.nt_xent_fwd(rows, cols, col_offset, temperature, normalize)
+    with _no_autocast(rows):
+        return impl.nt_xent_fwd(rows, cols, col_offset, temperature, normalize)
 
 
 @_nt_xent_op.register_fake
@@ -489,9 +496,10 @@ def _nt_xent_backward_op(
     lse: Tensor,
 ) -> tuple[Tensor, Tensor]:
     impl = _select(rows.device, backend)
-    grad_rows, grad_cols = impl.nt_xent_bwd(
-        grad, rows, cols, col_offset, temperature, normalize, lse
-    )
+    with _no_autocast(rows):
+        grad_rows, grad_cols = impl.nt_xent_bwd(
+            grad, rows, cols, col_offset, temperature, normalize, lse
+        )
     # A custom op cannot return None: an empty tensor stands for "no cols".
     return grad_rows, grad_cols if grad_cols is not None else rows.new_empty((0,))
 
@@ -533,7 +541,8 @@ def _info_nce_op(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     impl = _select(q.device, backend)
-    return impl.info_nce_fwd(q, k, queue, temperature, normalize)
+    with _no_autocast(q):
+        return impl.info_nce_fwd(q, k, queue, temperature, normalize)
 
 
 @_info_nce_op.register_fake
@@ -553,7 +562,8 @@ def _info_nce_backward_op(
     lse: Tensor,
 ) -> tuple[Tensor, Tensor]:
     impl = _select(q.device, backend)
-    return impl.info_nce_bwd(grad, q, k, queue, temperature, normalize, lse)
+    with _no_autocast(q):
+        return impl.info_nce_bwd(grad, q, k, queue, temperature, normalize, lse)
 
 
 @_info_nce_backward_op.register_fake

@@ -194,6 +194,8 @@ def test_bad_data_is_reported(ct_store, tmp_path):
     with pytest.raises(PretrainError, match=r"larger than the .* samples"):
         pretrain(_cfg(ct_store, tmp_path / "c", "optim.batch_size=4096"))
     assert not (tmp_path / "c" / "checkpoints").exists()
+    with pytest.raises(PretrainError, match=r"augment: .*blur_pp.*blur_p"):
+        pretrain(_cfg(ct_store, tmp_path / "d", "augment.params={blur_pp: 0.5}"))
 
 
 def test_mixed_domains_share_every_batch(ct_store, tmp_path):
@@ -279,6 +281,7 @@ DDP_EXTRA = [
     "optim.weight_decay=0",
     "optim.warmup_epochs=0",
     "train.max_steps=3",
+    "train.precision=fp32",  # exact comparisons; bf16 would round differently per rank
 ]
 
 

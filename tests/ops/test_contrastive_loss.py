@@ -482,3 +482,24 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         naive = got["naive"]
         torch.testing.assert_close(naive["global_loss"], loss.detach())
         assert (naive["weight_grad"] - model.weight.grad).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("loss", ["nt_xent", "info_nce"])
+def test_autocast_does_not_lower_the_accumulation(gen, loss):
+    # training calls the loss inside bf16 autocast; the op must still compute in fp32
+    z = torch.randn(64, 32, generator=gen, requires_grad=True)
+    k = torch.randn(32, 32, generator=gen)
+
+    def run():
+        if loss == "nt_xent":
+            return nt_xent(z, 0.1)
+        return info_nce(z[:32], k, z[32:].detach(), 0.1)
+
+    expected = run()
+    (g_expected,) = torch.autograd.grad(expected, z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run()
+    (g_got,) = torch.autograd.grad(got, z)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g_got, g_expected, rtol=1e-5, atol=1e-7)
