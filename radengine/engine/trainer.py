@@ -613,6 +613,11 @@ class _Trainer:
 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, self.in_chans)
+        if cfg.model.sync_bn and dist_info.distributed and self.device.type != "cuda":
+            raise PretrainError(
+                "model.sync_bn needs CUDA: torch's SyncBatchNorm runs on GPUs only; set "
+                "model.sync_bn=false for CPU (gloo) runs"
+            )
         if cfg.model.sync_bn and dist_info.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)

@@ -103,7 +103,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from radengine.ops import _dispatch
-from radengine.ops.hu_window import OUTPUT_DTYPES, WindowLike, WindowSpec
+from radengine.ops.hu_window import OUTPUT_DTYPES, WindowLike, WindowSpec, _per_channel
 
 __all__ = [
     "IMPLS",
@@ -744,22 +744,6 @@ def _window_spec(intensity, repeat, mean, std) -> WindowSpec:
         return WindowSpec.parse(intensity, repeat=repeat, mean=mean, std=std)
     except ValueError as exc:
         raise ValueError(f"intensity: {exc}") from None
-
-
-def _per_channel(value, default: float, channels: int, name: str) -> tuple[float, ...]:
-    if value is None:
-        return (default,) * channels
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (float(value),) * channels
-    values = tuple(float(v) for v in value)
-    if len(values) == 1:
-        return values * channels
-    if len(values) != channels:
-        raise ValueError(
-            f"{name} has {len(values)} values but the output has {channels} channels; "
-            f"give 1 or {channels}"
-        )
-    return values
 
 
 def _check_params(params: AugmentParams, V: int, B: int, C: int, rgb: bool) -> None:

@@ -179,7 +179,7 @@ def _per_channel(
         return values * channels
     if len(values) != channels:
         raise ValueError(
-            f"{name} has {len(values)} values but the windows give {channels} channels; "
+            f"{name} has {len(values)} values but the output has {channels} channels; "
             f"give 1 or {channels}"
         )
     return values

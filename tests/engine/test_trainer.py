@@ -324,3 +324,14 @@ def test_two_gloo_ranks_equal_one_process(ct_store, tmp_path):
     torch.manual_seed(0)  # the trainer seeds with cfg.seed (0) before building the model
     init = _NoBN()
     assert not torch.allclose(one["net.0.weight"], init.net[0].weight)
+
+
+def test_torch_compile_trains_like_eager(ct_store, tmp_path):
+    _register_nobn()
+    extra = [*DDP_EXTRA, "train.max_steps=2"]
+    eager = pretrain(_cfg(ct_store, tmp_path / "eager", *extra))
+    compiled = pretrain(_cfg(ct_store, tmp_path / "compiled", *extra, "model.compile=true"))
+    assert compiled.loss == pytest.approx(eager.loss, rel=1e-4)
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -174,7 +174,7 @@ def test_empty_batch(device):
         (dict(windows=["minmax", "lung"]), "cannot be mixed"),
         (
             dict(windows=["brain", "bone"], mean=[0.1, 0.2, 0.3]),
-            "mean has 3 values but the windows give 2",
+            "mean has 3 values but the output has 2 channels",
         ),
         (dict(std=0.0), r"std\[0\] must be > 0"),
         (dict(repeat=0), "repeat must be an integer >= 1"),
