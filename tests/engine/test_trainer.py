@@ -335,3 +335,25 @@ def test_torch_compile_trains_like_eager(ct_store, tmp_path):
     a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_grad_clip_bounds_the_update(ct_store, tmp_path):
+    # plain SGD (no momentum or decay): one step moves the weights by lr * clipped grad, whose
+    # global norm is at most grad_clip
+    from radengine.engine.trainer import build_model
+
+    _register_nobn()
+    lr, clip = 0.5, 1e-4
+    cfg = _cfg(
+        ct_store, tmp_path / "run", *DDP_EXTRA, "train.max_steps=1", f"optim.grad_clip={clip}"
+    )
+    torch.manual_seed(cfg.seed)  # the trainer's init
+    before = build_model(cfg, 3).backbone.state_dict()
+    pretrain(cfg)
+    after = _weights(tmp_path / "run")
+    moved = torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in before))
+    assert 0 < moved <= lr * clip * (1 + 1e-4)
+    unclipped = pretrain(_cfg(ct_store, tmp_path / "free", *DDP_EXTRA, "train.max_steps=1"))
+    free = _weights(tmp_path / "free")
+    assert torch.sqrt(sum(((free[k] - before[k]) ** 2).sum() for k in before)) > 10 * moved
+    assert unclipped.steps == 1
