@@ -151,7 +151,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     except (ConfigError, PretrainError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if result.run_id is None and not _is_main_rank():
+    if not _is_main_rank():  # under torchrun, rank 0 speaks for the job
         return 0
     knn = result.knn
     lines = [

@@ -304,6 +304,8 @@ def _views(
     device: torch.device,
     dtype: torch.dtype,
     channels_last: bool,
+    spec: Any,
+    window: Any,
 ) -> tuple[Tensor, Tensor]:
     """Two views of this rank's rows of the step's global batch, made on the device.
 
@@ -312,7 +314,6 @@ def _views(
     from radengine.ops.augment import augment_views, sample_params
 
     a = cfg.augment
-    spec = _spec(cfg)
     v1, v2 = [], []
     for k, (src, batch) in enumerate(zip(stage.sources, batches, strict=True)):
         x = batch["image"].to(device, non_blocking=True)
@@ -323,7 +324,7 @@ def _views(
             a.views,
             n * dist_info.world_size,
             tuple(x.shape[1:3]),
-            _window_spec(cfg) if is_ct else None,
+            window if is_ct else None,
             seed=_step_seed(cfg.seed, step, k),
         )
         params = _rows(params, dist_info.rank * n, (dist_info.rank + 1) * n)
@@ -588,8 +589,7 @@ class _Trainer:
         self.resume_state = state
 
         try:  # the augmentation options fail here, not at the first step
-            _spec(cfg)
-            _window_spec(cfg)
+            self.spec, self.window = _spec(cfg), _window_spec(cfg)
         except ValueError as exc:
             raise PretrainError(f"augment: {exc}") from None
         self.stages = _build_stages(cfg, dist_info)
@@ -719,7 +719,6 @@ class _Trainer:
 
     def _start_tracking(self) -> None:
         cfg = self.cfg
-        src = self.stages[-1].sources[0]
         fractions = ",".join(str(s.fraction) for st in self.stages for s in st.sources)
         tags = {
             "study": cfg.study,
@@ -768,7 +767,6 @@ class _Trainer:
                         domain=s.domain,
                     )
         self.state.run_id = distributed.broadcast_object(run_id)
-        del src
 
     # -- the loop
 
@@ -983,7 +981,16 @@ class _Trainer:
     def _step(self, stage: _Stage, batch: list[dict[str, Tensor]]) -> float:
         cfg, s = self.cfg, self.state
         v1, v2 = _views(
-            cfg, stage, batch, s.step, self.dist, self.device, self.view_dtype, self.channels_last
+            cfg,
+            stage,
+            batch,
+            s.step,
+            self.dist,
+            self.device,
+            self.view_dtype,
+            self.channels_last,
+            self.spec,
+            self.window,
         )
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp)

@@ -265,10 +265,19 @@ class _NoBN(nn.Module):
 
 
 def _register_nobn() -> None:
+    """In a spawned worker (a fresh process) only; in-process tests use the ``nobn`` fixture,
+    which takes the name out of the registry again."""
     from radengine.models import registry
 
     if "test_nobn" not in registry._MODELS:
         register_model("test_nobn")(lambda **kw: _NoBN(**kw))
+
+
+@pytest.fixture
+def nobn(monkeypatch):
+    from radengine.models import registry
+
+    monkeypatch.setitem(registry._MODELS, "test_nobn", lambda **kw: _NoBN(**kw))
 
 
 DDP_EXTRA = [
@@ -326,8 +335,7 @@ def test_two_gloo_ranks_equal_one_process(ct_store, tmp_path):
     assert not torch.allclose(one["net.0.weight"], init.net[0].weight)
 
 
-def test_torch_compile_trains_like_eager(ct_store, tmp_path):
-    _register_nobn()
+def test_torch_compile_trains_like_eager(ct_store, tmp_path, nobn):
     extra = [*DDP_EXTRA, "train.max_steps=2"]
     eager = pretrain(_cfg(ct_store, tmp_path / "eager", *extra))
     compiled = pretrain(_cfg(ct_store, tmp_path / "compiled", *extra, "model.compile=true"))
@@ -337,12 +345,11 @@ def test_torch_compile_trains_like_eager(ct_store, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_grad_clip_bounds_the_update(ct_store, tmp_path):
+def test_grad_clip_bounds_the_update(ct_store, tmp_path, nobn):
     # plain SGD (no momentum or decay): one step moves the weights by lr * clipped grad, whose
     # global norm is at most grad_clip
     from radengine.engine.trainer import build_model
 
-    _register_nobn()
     lr, clip = 0.5, 1e-4
     cfg = _cfg(
         ct_store, tmp_path / "run", *DDP_EXTRA, "train.max_steps=1", f"optim.grad_clip={clip}"
