@@ -72,7 +72,12 @@ class PretrainError(RuntimeError):
 
 @dataclass
 class PretrainResult:
-    """What a finished (or stopped) run leaves behind."""
+    """What a finished (or stopped) run leaves behind.
+
+    ``images_per_second`` and ``data_wait`` are over the whole call (start-up and kNN passes
+    included); ``extra["step_times"]`` holds (data wait, step) seconds of every step this
+    process ran, for steady-state figures (``radengine bench pipeline`` uses them).
+    """
 
     out: Path
     run_id: str | None
