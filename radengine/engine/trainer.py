@@ -887,7 +887,8 @@ class _Trainer:
                                 "train/lr": self.optimizer.param_groups[0]["lr"],
                                 "train/img_per_s": imgs_window / span,
                                 "train/data_wait": min(1.0, wait_window / span),
-                                "train/epoch": s.step / max(1, stage.steps_per_epoch),
+                                "train/epoch": s.epoch
+                                + s.step_in_epoch / max(1, stage.steps_per_epoch),
                             }
                             self.tracker.log_metrics(metrics, step=s.step)
                             if bar is not None:
@@ -901,10 +902,10 @@ class _Trainer:
                             t_window, imgs_window, wait_window = now, 0, 0.0
                         if s.step % cfg.train.checkpoint_every == 0:
                             ckpt_path = self.save_checkpoint()
-                        if cfg.train.max_steps is not None and s.step >= cfg.train.max_steps:
-                            raise _Stop(f"train.max_steps={cfg.train.max_steps} reached")
                         if interrupted.fired:
                             raise _Stop(f"signal {interrupted.fired} received")
+                        if stopping:
+                            raise _Stop(f"train.max_steps={max_steps} reached")
                     s.epoch += 1
                     s.step_in_epoch = 0
                     every = cfg.knn.every
@@ -922,6 +923,28 @@ class _Trainer:
             raise
         if bar is not None:
             bar.close()
+        try:
+            result = self._finish(
+                ckpt_path, status, stop_reason, images, wait, last_loss, step_times
+            )
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+        self.tracker.finish(status)
+        return result
+
+    def _finish(
+        self,
+        ckpt_path: Path | None,
+        status: str,
+        stop_reason: str | None,
+        images: int,
+        wait: float,
+        last_loss: float,
+        step_times: list[tuple[float, float]],
+    ) -> PretrainResult:
+        """The final checkpoint, encoder, MLflow model and summary."""
+        cfg, s = self.cfg, self.state
         if ckpt_path is None or checkpoint.path_for(self.out / "checkpoints", s.step) != ckpt_path:
             ckpt_path = self.save_checkpoint()
         seconds = time.perf_counter() - self._t_start
@@ -967,7 +990,6 @@ class _Trainer:
             self.tracker.log_metrics(
                 {"final/loss": last_loss, "final/img_per_s": result.images_per_second}, step=s.step
             )
-        self.tracker.finish(status)
         return result
 
     def _progress(self):
