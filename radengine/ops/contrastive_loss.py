@@ -35,9 +35,14 @@ each row's loss depends only on its positive and on the set of all columns, not 
 order, so the rank-major column order of the gather changes nothing.
 
 Backends: ``reference`` (plain torch below: the N x N logits and an analytic backward that
-uses the saved per-row log-sum-exp, as a tiled kernel would). Issue #6 adds ``triton`` and
-``cpu`` with the same two functions per loss. Every backend computes in fp32 (fp64 for
-fp64 inputs) and returns the loss in that precision; gradients come in the input's dtype.
+uses the saved per-row log-sum-exp, as a tiled kernel would) and ``triton``
+(kernels/contrastive_loss.py: flash-attention-style tiles with an online log-sum-exp, the
+logits never stored; the backward recomputes them from the saved log-sum-exp; the L2
+normalisation and its backward stay in torch). Default: ``triton`` for CUDA tensors,
+``reference`` for CPU tensors (triton runs there only when forced under TRITON_INTERPRET=1,
+for tests); issue #6 adds ``cpu`` next. Every backend computes in fp32 (fp64 for fp64
+inputs; triton's matmuls in IEEE fp32, never TF32) and returns the loss in that precision;
+gradients come in the input's dtype.
 """
 
 from __future__ import annotations
@@ -92,7 +97,8 @@ def nt_xent(
             for the row layout each rank must hold and how the losses combine). Every rank
             must pass the same 2N. False, or a single process: local negatives only.
         group: the process group to gather over (default: the world).
-        backend: force ``reference`` (else RADENGINE_BACKEND, else the fastest available).
+        backend: force ``reference`` or ``triton`` (else RADENGINE_BACKEND, else the fastest
+            available for the device: triton on CUDA, reference on CPU).
 
     Returns:
         () the mean loss over this rank's 2N rows; float32 (float64 for float64 ``z``).
@@ -136,7 +142,8 @@ def info_nce(
             other keys of the batch are the negatives (MoCo v3).
         temperature: T > 0 (MoCo: 0.07; MoCo v2: 0.2).
         normalize: L2-normalise q, k and the queue first.
-        backend: force ``reference`` (else RADENGINE_BACKEND, else the fastest available).
+        backend: force ``reference`` or ``triton`` (else RADENGINE_BACKEND, else the fastest
+            available for the device: triton on CUDA, reference on CPU).
 
     Returns:
         () the mean loss over the N queries; float32 (float64 for float64 inputs).
@@ -418,6 +425,121 @@ def _info_nce_bwd_reference(
     return grad_q, grad_k
 
 
+# --------------------------------------------------------------------- triton backend
+# kernels/contrastive_loss.py: tiled, the logits never materialised. Normalisation and its
+# backward stay in torch (O(MD)); the kernels see unit rows in the accumulation dtype.
+
+
+def _triton_kernels():
+    from radengine.kernels import contrastive_loss as kernel
+
+    return kernel
+
+
+def _unit(x: Tensor, normalize: bool) -> Tensor:
+    return _normalize_fwd(x, normalize).contiguous()
+
+
+def _nt_xent_fwd_triton(
+    rows: Tensor, cols: Tensor | None, offset: int, temperature: float, normalize: bool
+) -> tuple[Tensor, Tensor]:
+    u_rows = _unit(rows, normalize)
+    u_cols = u_rows if cols is None else _unit(cols, normalize)
+    row_loss, lse = _triton_kernels().forward(
+        u_rows,
+        u_cols,
+        temperature,
+        col_offset=offset,
+        half=rows.shape[0] // 2,
+        self_mask=True,
+        pos_in_cols=True,
+    )
+    return row_loss.mean(), lse
+
+
+def _nt_xent_bwd_triton(
+    grad: Tensor,
+    rows: Tensor,
+    cols: Tensor | None,
+    offset: int,
+    temperature: float,
+    normalize: bool,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    u_rows = _unit(rows, normalize)
+    u_cols = u_rows if cols is None else _unit(cols, normalize)
+    grad_u_rows = torch.zeros_like(u_rows)
+    # Single process: the rows are the columns, both kernels add into one buffer.
+    grad_u_cols = grad_u_rows if cols is None else torch.zeros_like(u_cols)
+    _triton_kernels().backward(
+        grad,
+        u_rows,
+        u_cols,
+        lse.to(u_rows.dtype).contiguous(),
+        temperature,
+        grad_u_rows,
+        grad_u_cols,
+        col_offset=offset,
+        half=rows.shape[0] // 2,
+        self_mask=True,
+        pos_in_cols=True,
+    )
+    grad_rows = _normalize_bwd(rows, grad_u_rows, normalize).to(rows.dtype)
+    if cols is None:
+        return grad_rows, None
+    return grad_rows, _normalize_bwd(cols, grad_u_cols, normalize).to(cols.dtype)
+
+
+def _info_nce_fwd_triton(
+    q: Tensor, k: Tensor, queue: Tensor | None, temperature: float, normalize: bool
+) -> tuple[Tensor, Tensor]:
+    kernel = _triton_kernels()
+    u_q, u_k = _unit(q, normalize), _unit(k, normalize)
+    if queue is None:  # in-batch negatives: the positive is the diagonal
+        row_loss, lse = kernel.forward(u_q, u_k, temperature, pos_in_cols=True)
+        return row_loss.mean(), lse
+    # With a queue the positive is one extra logit per row, outside the column tiles.
+    l_pos = (u_q * u_k).sum(dim=1) / temperature
+    if queue.shape[0] == 0:
+        return torch.zeros_like(l_pos).mean(), l_pos
+    row_loss, lse = kernel.forward(
+        u_q, _unit(queue, normalize), temperature, pos_in_cols=False, extra=l_pos.contiguous()
+    )
+    return row_loss.mean(), lse
+
+
+def _info_nce_bwd_triton(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor | None,
+    temperature: float,
+    normalize: bool,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor]:
+    kernel = _triton_kernels()
+    u_q, u_k = _unit(q, normalize), _unit(k, normalize)
+    lse = lse.to(u_q.dtype).contiguous()
+    grad_u_q = torch.zeros_like(u_q)
+    if queue is None:
+        grad_u_k = torch.zeros_like(u_k)
+        kernel.backward(grad, u_q, u_k, lse, temperature, grad_u_q, grad_u_k, pos_in_cols=True)
+    else:
+        if queue.shape[0] > 0:  # the queue's columns; no gradient for the queue itself
+            u_queue = _unit(queue, normalize)
+            kernel.backward(grad, u_q, u_queue, lse, temperature, grad_u_q, None, pos_in_cols=False)
+        # The positive logit's share, d l_pos = (p_pos - 1) * grad / (N T), in torch.
+        l_pos = (u_q * u_k).sum(dim=1, keepdim=True) / temperature
+        d_pos = (torch.exp(l_pos - lse[:, None]) - 1) * (
+            grad.to(u_q.dtype) / (q.shape[0] * temperature)
+        )
+        grad_u_q += d_pos * u_k
+        grad_u_k = d_pos * u_q
+    grad_q = _normalize_bwd(q, grad_u_q, normalize).to(q.dtype)
+    grad_k = _normalize_bwd(k, grad_u_k, normalize).to(k.dtype)
+    return grad_q, grad_k
+
+
 @dataclass(frozen=True)
 class ContrastiveBackend:
     """One backend's kernels: forward -> (loss, per-row lse); backward -> input grads.
@@ -441,8 +563,15 @@ REFERENCE = ContrastiveBackend(
     _info_nce_bwd_reference,
 )
 
-# backend name -> kernels; issue #6 adds "cpu" and "triton".
-IMPLS: dict[str, ContrastiveBackend] = {"reference": REFERENCE}
+TRITON = ContrastiveBackend(
+    _nt_xent_fwd_triton,
+    _nt_xent_bwd_triton,
+    _info_nce_fwd_triton,
+    _info_nce_bwd_triton,
+)
+
+# backend name -> kernels; issue #6 adds "cpu" next.
+IMPLS: dict[str, ContrastiveBackend] = {"reference": REFERENCE, "triton": TRITON}
 
 
 def _select(device: torch.device, backend: str) -> ContrastiveBackend:

@@ -244,6 +244,186 @@ def test_low_precision_error_at_most_twice_torch(gen, dtype):
     assert our_err <= 2 * base_err + 1e-9, (our_err, base_err)
 
 
+# ------------------------------------------------------------------ triton (interpreted)
+
+needs_triton = pytest.mark.skipif(
+    _dispatch.unavailable_reason("triton", "cpu") is not None,
+    reason="triton is not installed or TRITON_INTERPRET is off",
+)
+
+
+def _grad_err(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return (got.double() - exact).abs().max().item()
+
+
+@needs_triton
+@pytest.mark.parametrize("n", [1, 2, 3, 127])
+@pytest.mark.parametrize("d", [8, 128])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_triton_nt_xent_matches_fp64(gen, n, d, normalize):
+    """fp32 in, against the fp64 oracle, over several tiles (127: 254 rows, 4 x 4 tiles of 64;
+    D = 128: two D chunks); loss and gradient at every temperature."""
+    z = randn(gen, 2 * n, d, dtype=torch.float32)
+    if not normalize:
+        z = z / d**0.5
+    for temperature in (0.07, 0.5, 0.01):
+        zt = z.clone().requires_grad_()
+        loss = nt_xent(zt, temperature, normalize=normalize, backend="triton")
+        (grad,) = torch.autograd.grad(loss, zt)
+        z64 = z.double().requires_grad_()
+        exact = reference_nt_xent(z64, temperature, normalize)
+        (exact_grad,) = torch.autograd.grad(exact, z64)
+        assert loss.dtype == torch.float32 and grad.dtype == torch.float32
+        torch.testing.assert_close(loss.double(), exact, rtol=2e-5, atol=2e-6)
+        scale = exact_grad.abs().max().clamp_min(1 / (2 * n * temperature))
+        atol = max(2e-6, 1e-7 / temperature)
+        torch.testing.assert_close(grad.double() / scale, exact_grad / scale, rtol=2e-5, atol=atol)
+
+
+@needs_triton
+@pytest.mark.parametrize("n", [1, 3, 127])
+@pytest.mark.parametrize("queue_size", [None, 0, 70])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_triton_info_nce_matches_fp64(gen, n, queue_size, normalize):
+    q, k = randn(gen, n, 8, dtype=torch.float32), randn(gen, n, 8, dtype=torch.float32)
+    queue = None if queue_size is None else randn(gen, queue_size, 8, dtype=torch.float32)
+    if not normalize:
+        q, k = q / 3, k / 3
+        queue = None if queue is None else queue / 3
+    for temperature in (0.07, 0.5):
+        qt, kt = q.clone().requires_grad_(), k.clone().requires_grad_()
+        loss = info_nce(qt, kt, queue, temperature, normalize=normalize, backend="triton")
+        grads = torch.autograd.grad(loss, (qt, kt))
+        q64, k64 = q.double().requires_grad_(), k.double().requires_grad_()
+        queue64 = None if queue is None else queue.double()
+        exact = reference_info_nce(q64, k64, queue64, temperature, normalize)
+        exact_grads = torch.autograd.grad(exact, (q64, k64))
+        torch.testing.assert_close(loss.double(), exact, rtol=2e-5, atol=2e-6)
+        for g, e in zip(grads, exact_grads, strict=True):
+            assert g.dtype == torch.float32
+            torch.testing.assert_close(g.double(), e, rtol=2e-5, atol=2e-6 / temperature / n)
+
+
+@needs_triton
+def test_triton_nt_xent_large_d(gen):
+    """D = 2048: 32 chunks of the K loop and of the gradient accumulation."""
+    z = randn(gen, 6, 2048, dtype=torch.float32)
+    z[3:] = z[:3] + 0.3 * z[3:]
+    zt = z.clone().requires_grad_()
+    loss = nt_xent(zt, 0.1, backend="triton")
+    (grad,) = torch.autograd.grad(loss, zt)
+    z64 = z.double().requires_grad_()
+    exact = reference_nt_xent(z64, 0.1)
+    (exact_grad,) = torch.autograd.grad(exact, z64)
+    torch.testing.assert_close(loss.double(), exact, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(grad.double(), exact_grad, rtol=1e-4, atol=1e-7)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+def test_triton_low_precision_error_at_most_twice_torch(gen, dtype, temperature):
+    """flash-attention's rule, for both losses: error vs fp64 <= 2x plain torch's in dtype."""
+    n, d = 127, 64
+    z = randn(gen, 2 * n, d, dtype=dtype).requires_grad_()
+    z64 = z.detach().double().requires_grad_()
+    exact = reference_nt_xent(z64, temperature)
+    (exact_grad,) = torch.autograd.grad(exact, z64)
+    u = F.normalize(z, dim=1)
+    self_mask = torch.eye(2 * n, dtype=torch.bool)
+    logits = (u @ u.T / temperature).masked_fill(self_mask, float("-inf"))
+    base = F.cross_entropy(logits, (torch.arange(2 * n) + n) % (2 * n))
+    (base_grad,) = torch.autograd.grad(base, z)
+    ours = nt_xent(z, temperature, backend="triton")
+    (our_grad,) = torch.autograd.grad(ours, z)
+    assert ours.dtype == torch.float32 and our_grad.dtype == dtype
+    assert abs(ours.double() - exact) <= 2 * abs(base.double() - exact) + 1e-6
+    assert _grad_err(our_grad, exact_grad) <= 2 * _grad_err(base_grad, exact_grad) + 1e-9
+
+    q, k = z.detach()[:n].requires_grad_(), z.detach()[n:].requires_grad_()
+    queue = randn(gen, 70, d, dtype=dtype)
+    q64, k64 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+    exact = reference_info_nce(q64, k64, queue.double(), temperature)
+    exact_grads = torch.autograd.grad(exact, (q64, k64))
+    uq, uk, uqueue = (F.normalize(t, dim=1) for t in (q, k, queue))
+    logits = torch.cat([(uq * uk).sum(1, keepdim=True), uq @ uqueue.T], 1) / temperature
+    base = F.cross_entropy(logits, torch.zeros(n, dtype=torch.long))
+    base_grads = torch.autograd.grad(base, (q, k))
+    ours = info_nce(q, k, queue, temperature, backend="triton")
+    our_grads = torch.autograd.grad(ours, (q, k))
+    assert abs(ours.double() - exact) <= 2 * abs(base.double() - exact) + 1e-6
+    for g, b, e in zip(our_grads, base_grads, exact_grads, strict=True):
+        assert g.dtype == dtype
+        assert _grad_err(g, e) <= 2 * _grad_err(b, e) + 1e-9
+
+
+@needs_triton
+@pytest.mark.parametrize(("n_local", "world", "rank"), [(3, 3, 1), (35, 3, 2), (1, 2, 0)])
+def test_triton_gathered_columns(gen, n_local, world, rank):
+    """Rows of one rank against every rank's columns (at col_offset), both gradients, vs
+    the reference backend in fp64 (and so vs the single-process formula it is tested on)."""
+    m = 2 * n_local
+    cols = randn(gen, world * m, 16)
+    rows = cols[rank * m : (rank + 1) * m].clone()
+    op = torch.ops.radengine.nt_xent
+    results = {}
+    for backend in ("reference", "triton"):
+        r, c = rows.clone().requires_grad_(), cols.clone().requires_grad_()
+        loss, lse = op(r, c, rank * m, 0.2, True, backend)
+        results[backend] = (loss, lse, *torch.autograd.grad(loss, (r, c)))
+    for got, expected in zip(results["triton"], results["reference"], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@needs_triton
+def test_triton_gradcheck(gen):
+    rows, others = randn(gen, 4, 3).requires_grad_(), randn(gen, 4, 3).requires_grad_()
+    op = torch.ops.radengine.nt_xent
+
+    def gathered(rows, others):
+        return op(rows, torch.cat([others, rows]), 4, 0.3, True, "triton")[0]
+
+    assert torch.autograd.gradcheck(gathered, (rows, others))
+    z = randn(gen, 6, 3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: nt_xent(z, 0.2, backend="triton"), z)
+    q, k = randn(gen, 3, 4).requires_grad_(), randn(gen, 3, 4).requires_grad_()
+    queue = randn(gen, 5, 4)
+    for negatives in (None, queue):
+        assert torch.autograd.gradcheck(
+            lambda q, k, negatives=negatives: info_nce(q, k, negatives, 0.2, backend="triton"),
+            (q, k),
+        )
+
+
+@needs_triton
+def test_triton_opcheck(gen):
+    rows = randn(gen, 6, 5).requires_grad_()
+    cols = randn(gen, 12, 5).requires_grad_()
+    q, k = randn(gen, 4, 5).requires_grad_(), randn(gen, 4, 5).requires_grad_()
+    queue = randn(gen, 7, 5)
+    for args in ((rows, None, 0, 0.5, True, "triton"), (rows, cols, 6, 0.1, False, "triton")):
+        torch.library.opcheck(torch.ops.radengine.nt_xent.default, args)
+    for args in ((q, k, queue, 0.07, True, "triton"), (q, k, None, 0.2, False, "triton")):
+        torch.library.opcheck(torch.ops.radengine.info_nce.default, args)
+
+
+def test_triton_dispatch(monkeypatch):
+    """CPU tensors: triton only when forced and interpreted; CUDA tensors: triton by default."""
+    monkeypatch.delenv("RADENGINE_BACKEND", raising=False)
+    assert "triton" in IMPLS
+    assert _dispatch.default_backend(IMPLS, "cpu") == "reference"
+    monkeypatch.setattr(_dispatch, "_cuda_device_error", lambda: None)
+    if _dispatch._triton_import_error() is None:
+        assert _dispatch.default_backend(IMPLS, "cuda") == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    z = torch.randn(6, 4)
+    with pytest.raises(_dispatch.BackendUnavailableError, match="needs TRITON_INTERPRET=1"):
+        nt_xent(z, backend="triton")
+    monkeypatch.setenv("RADENGINE_BACKEND", "triton")
+    with pytest.raises(_dispatch.BackendUnavailableError, match="backend 'triton' requested"):
+        info_nce(z[:3], z[3:])
+
+
 # ------------------------------------------------------------------------- gradients
 
 
@@ -354,7 +534,7 @@ def test_dispatch(monkeypatch):
     assert _dispatch.select("contrastive_loss", IMPLS, torch.device("cpu"))[0] in IMPLS
     with pytest.raises(
         _dispatch.BackendUnavailableError,
-        match=r"contrastive_loss has no 'cuda' backend \(its backends: reference\)",
+        match=r"contrastive_loss has no 'cuda' backend \(its backends: reference, triton\)",
     ):
         nt_xent(z, backend="cuda")
     monkeypatch.setenv("RADENGINE_BACKEND", "reference")
