@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from radengine import _native
 from radengine.ops import _dispatch, reference_hu_window
 from radengine.ops.augment import (
     IMPLS,
@@ -27,6 +28,10 @@ from radengine.ops.augment import (
 )
 from radengine.ops.hu_window import WindowSpec
 from tests.conftest import DEVICES
+
+CPU_MISSING = _dispatch.unavailable_reason("cpu", "cpu") or "radengine._cpu lacks augment_views"
+HAVE_CPU = "cpu" in IMPLS and _dispatch.unavailable_reason("cpu", "cpu") is None
+needs_cpu = pytest.mark.skipif(not HAVE_CPU, reason=CPU_MISSING)
 
 TOL = {
     torch.float32: dict(rtol=0, atol=2e-5),
@@ -767,31 +772,56 @@ def test_bad_rgb_normalisation_and_params():
 
 def test_dispatch_and_empty_batch(monkeypatch):
     monkeypatch.delenv("RADENGINE_BACKEND", raising=False)
-    assert list(IMPLS) == ["reference"]
-    assert _dispatch.select("augment", IMPLS, torch.device("cpu"))[0] == "reference"
+    assert list(IMPLS) == ["reference", "cpu"]
+    default = "cpu" if HAVE_CPU else "reference"
+    assert _dispatch.select("augment", IMPLS, torch.device("cpu"))[0] == default
     x = torch.zeros(2, 6, 6, dtype=torch.int16)
-    with pytest.raises(_dispatch.BackendUnavailableError, match="no 'cpu' backend"):
-        augment_views(x, backend="cpu")
+    with pytest.raises(_dispatch.BackendUnavailableError, match="no 'cuda' backend"):
+        augment_views(x, backend="cuda")
+    if not HAVE_CPU:
+        with pytest.raises(_dispatch.BackendUnavailableError, match="backend 'cpu' requested"):
+            augment_views(x, backend="cpu")
+    for forced in ["reference", *(["cpu"] if HAVE_CPU else [])]:
+        monkeypatch.setenv("RADENGINE_BACKEND", forced)
+        assert _dispatch.select("augment", IMPLS, torch.device("cpu"))[0] == forced
+        views, params = augment_views(x, size=4)
+        assert views[0].shape == (2, 3, 4, 4)
+        views, params = augment_views(x[:0], size=(3, 5), views=3, dtype=torch.bfloat16)
+        assert [tuple(v.shape) for v in views] == [(0, 3, 3, 5)] * 3 and params.batch == 0
+        assert views[0].dtype == torch.bfloat16
+
+
+@needs_cpu
+def test_dispatch_calls_the_forced_backend(monkeypatch):
+    calls = []
+    for name in ("reference", "cpu"):
+        impl = IMPLS[name]
+        monkeypatch.setitem(IMPLS, name, lambda *a, _n=name, _f=impl: calls.append(_n) or _f(*a))
+    x = torch.zeros(2, 6, 6, dtype=torch.int16)
+    monkeypatch.delenv("RADENGINE_BACKEND", raising=False)
+    augment_views(x, size=4)
+    augment_views(x, size=4, backend="reference")
     monkeypatch.setenv("RADENGINE_BACKEND", "reference")
-    views, params = augment_views(x, size=4)
-    assert views[0].shape == (2, 3, 4, 4)
-    views, params = augment_views(x[:0], size=(3, 5), views=3, dtype=torch.bfloat16)
-    assert [tuple(v.shape) for v in views] == [(0, 3, 3, 5)] * 3 and params.batch == 0
-    assert views[0].dtype == torch.bfloat16
+    augment_views(x, size=4)
+    augment_views(x, size=4, backend="cpu")  # the argument wins over the environment
+    assert calls == ["cpu", "reference", "reference", "cpu"]
 
 
-def test_opcheck(gen):
+@pytest.mark.parametrize("backend", ["", "reference", "cpu"])
+def test_opcheck(gen, backend):
+    if backend == "cpu" and not HAVE_CPU:
+        pytest.skip(CPU_MISSING)
     op = torch.ops.radengine.augment_views.default
     ws = WindowSpec.parse(["brain", "lung"])
     p = sample_params("ct", 2, 3, (9, 12), ws, seed=1)
     x = random_hu(gen, (3, 9, 12))
     torch.library.opcheck(
-        op, (x, *(t for _, t in p.items()), [5, 7], [0.0, 0.1], [1.0, 0.5], False, torch.float32, False, "")
+        op, (x, *(t for _, t in p.items()), [5, 7], [0.0, 0.1], [1.0, 0.5], False, torch.float32, False, backend)
     )  # fmt: skip
     p = sample_params("simclr", 1, 2, (6, 5), None, seed=2)
     x = random_rgb(gen, (2, 6, 5, 3))
     torch.library.opcheck(
-        op, (x, *(t for _, t in p.items()), [4, 4], [0.0] * 3, [1.0] * 3, False, torch.bfloat16, True, "")
+        op, (x, *(t for _, t in p.items()), [4, 4], [0.0] * 3, [1.0] * 3, False, torch.bfloat16, True, backend)
     )  # fmt: skip
 
 
@@ -825,3 +855,157 @@ def test_device_matches_cpu(gen, device):
         for a, b in zip(cpu, dev, strict=True):
             assert b.device.type == device
             torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- cpu backend
+
+EVERYTHING = {  # every feature on, often
+    "preset": "simclr",
+    "vflip_p": 0.5,
+    "rotate_p": 0.7,
+    "rotate_deg": 60,
+    "window_jitter_p": 0.7,
+    "jitter_p": 0.9,
+    "hue": 0.5,
+    "grayscale_p": 0.3,
+    "gamma_p": 0.5,
+    "solarize_p": 0.5,
+    "blur_p": 0.6,
+    "blur_sigma": (0.1, 3.0),
+    "noise_p": 0.6,
+    "noise_std": (0.01, 0.1),
+}
+CPU_CASES = {  # kind, input shape, augment_views kwargs, views, output size
+    "ct_minmax_x3": ("int16", (4, 40, 50), dict(intensity="minmax", repeat=3), 2, (24, 20)),
+    "ct_three_windows_3x123x77": (
+        "int16",
+        (3, 123, 77),
+        dict(
+            intensity=["brain", "soft_tissue", "bone"],
+            repeat=1,
+            mean=[0.1, 0.2, 0.3],
+            std=[0.5, 0.25, 2],
+        ),
+        3,
+        (130, 90),
+    ),
+    "ct_two_windows_b1_v1": (
+        "int16",
+        (1, 1, 33, 65),
+        dict(intensity=["lung", "bone"], repeat=1),
+        1,
+        (7, 7),
+    ),
+    "ct_five_windows": (
+        "int16",
+        (2, 31, 29),
+        dict(intensity=["brain", "subdural", "liver", "lung", (0, 1)], repeat=1),
+        2,
+        (16, 40),
+    ),
+    "ct_one_window": ("int16", (3, 20, 20), dict(intensity="soft_tissue", repeat=1), 2, (9, 11)),
+    "ct_1x1": ("int16", (2, 1, 1), dict(intensity="minmax", repeat=3), 3, (5, 4)),
+    "rgb_imagenet": (
+        "uint8",
+        (3, 45, 37, 3),
+        dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        2,
+        (24, 20),
+    ),
+    "rgb_1x1_v3": ("uint8", (1, 1, 1, 3), dict(), 3, (6, 3)),
+}
+
+
+def assert_within_one_ulp(out: torch.Tensor, ref32: torch.Tensor, slack: float = 1e-5) -> None:
+    """``out`` (fp16/bf16) within one of its ulps (+ the fp32 slack) of ref32 rounded."""
+    r = ref32.to(out.dtype)
+    up = torch.nextafter(r, torch.full_like(r, math.inf)).float() - r.float()
+    down = r.float() - torch.nextafter(r, torch.full_like(r, -math.inf)).float()
+    err = (out.float() - r.float()).abs() - torch.maximum(up, down) - slack
+    assert err.max().item() <= 0, f"{(err > 0).sum().item()} values beyond one ulp"
+
+
+def cpu_vs_reference(x, spec, views, size, seed, dtypes=(torch.float32,), **kw):
+    ref, p = augment_views(x, spec, views=views, size=size, seed=seed, backend="reference", **kw)
+    for dtype in dtypes:
+        for cl in (False, True):
+            out, _ = augment_views(
+                x, spec, views=views, size=size, params=p, backend="cpu", dtype=dtype,
+                channels_last=cl, **kw,
+            )  # fmt: skip
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            for o, r in zip(out, ref, strict=True):
+                assert o.shape == r.shape and o.dtype == dtype
+                assert o.is_contiguous(memory_format=fmt)
+                if dtype == torch.float32:
+                    torch.testing.assert_close(o, r, rtol=0, atol=1e-5)
+                else:
+                    assert_within_one_ulp(o, r)
+    return p
+
+
+@needs_cpu
+@pytest.mark.parametrize("spec", ["simclr", "ct", "none", "everything"])
+@pytest.mark.parametrize("case", list(CPU_CASES))
+def test_cpu_matches_reference(gen, case, spec):
+    kind, shape, kw, views, size = CPU_CASES[case]
+    x = random_rgb(gen, shape) if kind == "uint8" else random_hu(gen, shape, -1500, 3000)
+    spec = EVERYTHING if spec == "everything" else spec
+    seed = int(torch.randint(1 << 30, (1,), generator=gen))
+    cpu_vs_reference(x, spec, views, size, seed, DTYPES, **kw)
+
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@needs_cpu
+def test_cpu_every_feature_on_every_view(gen):
+    """Probabilities 1: every op runs on every row (incl. hue's slow path |d| >= 1 and a
+    3-window CT view, where saturation and hue apply)."""
+    spec = {
+        **EVERYTHING,
+        **{k: 1.0 for k in ("rotate_p", "jitter_p", "gamma_p", "solarize_p", "blur_p", "noise_p")},
+    }
+    x = random_hu(gen, (3, 50, 60))
+    kw = dict(intensity=["brain", "soft_tissue", "bone"], repeat=1)
+    p = cpu_vs_reference(x, spec, 2, (33, 41), 5, **kw)
+    assert bool((p.noise_std > 0).all() and (p.blur_sigma > 0).all())
+    jitter = p.jitter.clone()
+    jitter[..., 3] = torch.tensor([[0.9, -1.3, 2.7], [0.0, 1.0, -0.5]])
+    q = dataclasses.replace(p, jitter=jitter)
+    ref, _ = augment_views(x, spec, views=2, size=(33, 41), params=q, backend="reference", **kw)
+    out, _ = augment_views(x, spec, views=2, size=(33, 41), params=q, backend="cpu", **kw)
+    for o, r in zip(out, ref, strict=True):
+        torch.testing.assert_close(o, r, rtol=0, atol=1e-5)
+
+
+@needs_cpu
+def test_cpu_layouts_of_the_input(gen):
+    """Non-contiguous int16 / uint8 inputs (the kernel takes element strides)."""
+    base = random_hu(gen, (3, 40, 64))
+    for x in (base[:, :, ::2], base.transpose(1, 2), base[:, None]):
+        cpu_vs_reference(x, EVERYTHING, 2, (12, 10), 3, intensity="minmax", repeat=3)
+    rgb = random_rgb(gen, (2, 3, 30, 20)).permute(0, 2, 3, 1)  # channel stride != 1
+    cpu_vs_reference(rgb, EVERYTHING, 2, (12, 10), 4)
+    cpu_vs_reference(random_rgb(gen, (2, 30, 40, 3))[:, :, ::2], "simclr", 2, (12, 10), 5)
+
+
+@needs_cpu
+def test_cpu_edge_cases(gen):
+    # a constant slice in min-max mode maps to 0; an all-equal window set takes the gray path
+    x = torch.full((2, 9, 9), 300, dtype=torch.int16)
+    out, _ = augment_views(x, "none", size=5, intensity="minmax", backend="cpu")
+    assert torch.equal(out[0], torch.zeros(2, 3, 5, 5))
+    # larger views than the input, B = 1, V = 3, a realistic size
+    for shape, size in [((1, 8, 6), (40, 50)), ((2, 256, 256), (224, 224))]:
+        x = random_hu(gen, shape)
+        cpu_vs_reference(x, "ct", 3 if shape[0] == 1 else 2, size, 9, intensity="minmax")
+    # the same key gives the same noise: a slice of the batch's parameters
+    x = random_hu(gen, (5, 24, 24))
+    spec = {"preset": "ct", "noise_p": 1.0}
+    views, p = augment_views(x, spec, size=16, intensity=(40, 400), seed=3, backend="cpu")
+    part = AugmentParams(**{k: None if v is None else v[:, 1:4] for k, v in p.items()})
+    mine, _ = augment_views(x[1:4], spec, size=16, intensity=(40, 400), params=part, backend="cpu")
+    for whole, piece in zip(views, mine, strict=True):
+        assert torch.equal(piece, whole[1:4])
+    assert isinstance(_native.cpu.augment_uses_fma(), bool)
