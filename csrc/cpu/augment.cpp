@@ -90,12 +90,6 @@ RE_INLINE uint32_t mix32(uint32_t h) {
 // loops calling them vectorise (libm's logf/cosf/powf are scalar calls). Their results are
 // the correctly rounded float values up to rare double-rounding ties; torch's own (SLEEF,
 // <= 1 ulp) may differ from them by an ulp.
-RE_INLINE uint32_t bits_of(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-
 RE_INLINE double double_of(uint64_t u) {
   double d;
   std::memcpy(&d, &u, sizeof d);
@@ -104,7 +98,7 @@ RE_INLINE double double_of(uint64_t u) {
 
 // ln(x) for a normal float x > 0 (subnormals are not needed here).
 RE_INLINE double log_d(float x) {
-  const uint32_t u = bits_of(x);
+  const uint32_t u = float_bits(x);
   int32_t e = static_cast<int32_t>(u >> 23) - 127;
   // mantissa in [1, 2), then folded to [sqrt(1/2), sqrt(2)).
   double m = static_cast<double>(bits_float((u & 0x007FFFFFu) | 0x3F800000u));
@@ -150,7 +144,7 @@ RE_INLINE double exp_d(double t) {
 // 1 / sqrt(x) (< 4% off), 4 Newton steps in double (error < 1e-15), times x.
 RE_INLINE float sqrt_f(float x) {
   const float xs = x > 1e-30f ? x : 1.f;
-  const float est = bits_float(0x5F375A86u - (bits_of(xs) >> 1));
+  const float est = bits_float(0x5F375A86u - (float_bits(xs) >> 1));
   const double xd = xs;
   double r = est;
   for (int it = 0; it < 4; ++it) r = r * (1.5 - 0.5 * xd * r * r);
