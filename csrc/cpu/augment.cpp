@@ -21,6 +21,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "cpu/convert.h"
 #include "cpu/memory.h"
 #include "cpu/parallel.h"
@@ -86,98 +90,80 @@ RE_INLINE uint32_t mix32(uint32_t h) {
   return h;
 }
 
-// Branch-free log / exp / cos evaluated in double and rounded once to float, so that the
-// loops calling them vectorise (libm's logf/cosf/powf are scalar calls). Their results are
-// the correctly rounded float values up to rare double-rounding ties; torch's own (SLEEF,
-// <= 1 ulp) may differ from them by an ulp.
-RE_INLINE double double_of(uint64_t u) {
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
+// Branch-free fp32 log / exp / cos, so that the loops calling them vectorise 8 (AVX2) or 4
+// (SSE2) lanes wide (libm's logf/cosf/powf are scalar calls; torch uses SLEEF). Each is
+// within ~2 ulp of the exact value (checked against double in tests); torch's may differ
+// from them by an ulp or two, which moves the noise / gamma outputs by < 1e-6.
+
+// Round to the nearest integer (ties to even) for |t| < 2^22, without a libm call.
+RE_INLINE float round_f(float t) {
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
+  return (t + kMagic) - kMagic;
 }
 
 // ln(x) for a normal float x > 0 (subnormals are not needed here).
-RE_INLINE double log_d(float x) {
+RE_INLINE float log_f(float x) {
   const uint32_t u = float_bits(x);
   int32_t e = static_cast<int32_t>(u >> 23) - 127;
   // mantissa in [1, 2), then folded to [sqrt(1/2), sqrt(2)).
-  double m = static_cast<double>(bits_float((u & 0x007FFFFFu) | 0x3F800000u));
-  const bool big = m > 1.4142135623730951;
-  m = big ? m * 0.5 : m;
+  float m = bits_float((u & 0x007FFFFFu) | 0x3F800000u);
+  const bool big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
   e = big ? e + 1 : e;
-  const double f = (m - 1.0) / (m + 1.0), f2 = f * f;
-  // 2 atanh(f), |f| <= 0.1716: truncation error < 1e-13.
-  double p = 1.0 / 15.0;
-  p = p * f2 + 1.0 / 13.0;
-  p = p * f2 + 1.0 / 11.0;
-  p = p * f2 + 1.0 / 9.0;
-  p = p * f2 + 1.0 / 7.0;
-  p = p * f2 + 1.0 / 5.0;
-  p = p * f2 + 1.0 / 3.0;
-  p = p * f2 + 1.0;
-  return 2.0 * f * p + static_cast<double>(e) * 0.69314718055994530942;
+  // ln m = 2 atanh(f), f = (m - 1) / (m + 1), |f| <= 0.1716; the series to f^9 is within
+  // 2e-9 (relative).
+  const float f = (m - 1.f) / (m + 1.f), f2 = f * f;
+  float p = 1.f / 9.f;
+  p = p * f2 + 1.f / 7.f;
+  p = p * f2 + 1.f / 5.f;
+  p = p * f2 + 1.f / 3.f;
+  const float lnm = (2.f * f) + (2.f * f) * (f2 * p);
+  // e ln 2 in two parts: e * kLn2Hi is exact (kLn2Hi has 9 significant bits, |e| < 2^8).
+  const float fe = static_cast<float>(e);
+  return (fe * 0.693359375f + (lnm + fe * -2.12194440e-4f));
 }
 
-// exp(t) for t in [-200, 2] (callers clamp).
-RE_INLINE double exp_d(double t) {
-  const double k = std::nearbyint(t * 1.4426950408889634074);
-  const double r = (t - k * 0.693147180559934575) - k * 1.9082149292705877e-14;  // |r| <= 0.35
-  double p = 1.0 / 479001600.0;  // 1/12!
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const int32_t ki = static_cast<int32_t>(k);  // in [-289, 0]: 2^k is a normal double
-  return p * double_of(static_cast<uint64_t>(static_cast<uint32_t>(ki + 1023)) << 52);
+// exp(t) for t in [-87, 1] (callers clamp): 2^k e^r, |r| <= ln(2) / 2.
+RE_INLINE float exp_f(float t) {
+  const float k = round_f(t * 1.44269504f);
+  const float r = (t - k * 0.693359375f) - k * -2.12194440e-4f;  // k * hi is exact
+  float p = 1.f / 5040.f;  // e^r to r^7: within 6e-9 (relative)
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t ki = static_cast<int32_t>(k);  // in [-126, 2]: 2^k is a normal float
+  return p * bits_float(static_cast<uint32_t>(ki + 127) << 23);
 }
 
-// sqrt(x) for float x >= 0, rounded once from double (std::sqrt keeps an errno branch under
-// GCC's default -fmath-errno that stops the loop from vectorising): a bit-trick estimate of
-// 1 / sqrt(x) (< 4% off), 4 Newton steps in double (error < 1e-15), times x.
-RE_INLINE float sqrt_f(float x) {
-  const float xs = x > 1e-30f ? x : 1.f;
-  const float est = bits_float(0x5F375A86u - (float_bits(xs) >> 1));
-  const double xd = xs;
-  double r = est;
-  for (int it = 0; it < 4; ++it) r = r * (1.5 - 0.5 * xd * r * r);
-  return x > 1e-30f ? static_cast<float>(xd * r) : 0.f;
-}
-
-// cos(x) for x in [0, 8).
-RE_INLINE double cos_d(float xf) {
-  const double x = static_cast<double>(xf);
-  const double k = std::nearbyint(x * 0.63661977236758134308);  // x / (pi / 2)
-  const double r = (x - k * 1.5707963267948966) - k * 6.123233995736766e-17;  // |r| <= pi/4
-  const double r2 = r * r;
-  double c = -1.0 / 87178291200.0;  // -1/14!
-  c = c * r2 + 1.0 / 479001600.0;
-  c = c * r2 - 1.0 / 3628800.0;
-  c = c * r2 + 1.0 / 40320.0;
-  c = c * r2 - 1.0 / 720.0;
-  c = c * r2 + 1.0 / 24.0;
-  c = c * r2 - 0.5;
-  c = c * r2 + 1.0;
-  double s = 1.0 / 6227020800.0;  // 1/13!
-  s = s * r2 - 1.0 / 39916800.0;
-  s = s * r2 + 1.0 / 362880.0;
-  s = s * r2 - 1.0 / 5040.0;
-  s = s * r2 + 1.0 / 120.0;
-  s = s * r2 - 1.0 / 6.0;
-  s = s * r2 + 1.0;
-  s = s * r;
+// cos(x) for x in [0, 8): x - k pi/2 in three parts (Cody-Waite; each k * part exact for
+// k <= 5), then the Taylor polynomials of cos and sin on |r| <= pi/4.
+RE_INLINE float cos_f(float x) {
+  const float k = round_f(x * 0.636619772f);  // x / (pi / 2)
+  const float r = ((x - k * 1.5703125f) - k * 4.83751297e-4f) - k * 7.54978995e-8f;
+  const float r2 = r * r;
+  float c = 1.f / 40320.f;
+  c = c * r2 - 1.f / 720.f;
+  c = c * r2 + 1.f / 24.f;
+  c = c * r2 - 0.5f;
+  c = c * r2 + 1.f;
+  float s = 1.f / 362880.f;
+  s = s * r2 - 1.f / 5040.f;
+  s = s * r2 + 1.f / 120.f;
+  s = s * r2 - 1.f / 6.f;
+  s = r + r * (s * r2);
   // cos(r + k pi/2) = cos r, -sin r, -cos r, sin r for k mod 4 = 0, 1, 2, 3.
   const int32_t q = static_cast<int32_t>(k) & 3;
-  const double v = (q & 1) != 0 ? s : c;
+  const float v = (q & 1) != 0 ? s : c;
   return ((q + 1) & 2) != 0 ? -v : v;
 }
+
+// sqrt(x), x >= 0: the correctly rounded hardware square root (setup.py compiles with
+// -fno-math-errno, so this is one instruction and the loop vectorises).
+RE_INLINE float sqrt_f(float x) { return __builtin_sqrtf(x); }
 
 // ---------------------------------------------------------------------------- scratch
 
@@ -230,8 +216,8 @@ RE_INLINE void coords_row(const float* __restrict__ rowx, const float* __restric
                           int32_t sy, float* __restrict__ inside, float* __restrict__ nw,
                           float* __restrict__ ne, float* __restrict__ sw,
                           float* __restrict__ se, int32_t* __restrict__ off,
-                          int32_t* __restrict__ dxo, int32_t* __restrict__ dyo) {
-  for (int32_t j = 0; j < w32; ++j) {
+                          int32_t* __restrict__ dxo, int32_t* __restrict__ dyo, int32_t j0) {
+  for (int32_t j = j0; j < w32; ++j) {
     const float gx = rowx[j] + bxv, gy = rowy[j] + byv;
     const bool out_x = std::fabs(gx) > 1.f, out_y = std::fabs(gy) > 1.f;
     inside[j] = (out_x | out_y) ? 0.f : 1.f;
@@ -264,14 +250,85 @@ constexpr bool kLittleEndian = false;
 
 // (x, x + 1) int16 pairs of the top and bottom rows -> the 4 float tap arrays.
 RE_INLINE void split_pairs(const uint32_t* __restrict__ top, const uint32_t* __restrict__ bot,
-                           float* __restrict__ t, int32_t w) {
-  for (int32_t j = 0; j < w; ++j) {
+                           float* __restrict__ t, int32_t j0, int32_t w) {
+  for (int32_t j = j0; j < w; ++j) {
     t[j] = static_cast<float>(static_cast<int16_t>(top[j] & 0xFFFFu));
     t[w + j] = static_cast<float>(static_cast<int16_t>(top[j] >> 16));
     t[2 * w + j] = static_cast<float>(static_cast<int16_t>(bot[j] & 0xFFFFu));
     t[3 * w + j] = static_cast<float>(static_cast<int16_t>(bot[j] >> 16));
   }
 }
+
+#if RE_AUGMENT_X86
+// Phases A, B and C of one CT output row with AVX2, 8 pixels per step, for contiguous
+// int16 rows (the pair case): the coordinates and weights as coords_row<true>, the
+// (x, x + 1) int16 pairs of the top and bottom rows as two 32-bit gathers split into the
+// 4 taps, each windowed per channel, blended and masked as the scalar Phase C: the same
+// operations in the same order, the multiply-adds fused where madd<true> fuses them.
+// Returns how many pixels it did (a multiple of 8); the caller finishes the row.
+RE_TARGET_AVX2_FMA int32_t ct_row_avx2(const int16_t* x16, const float* rowx,
+                                       const float* rowy, float bxv, float byv, float halfW,
+                                       float halfH, float maxX, float maxY, int32_t xmax,
+                                       int32_t H1, int32_t sy, int Cu, const float* lo,
+                                       const float* span, float* y, int64_t plane,
+                                       int32_t w) {
+  const int* base = reinterpret_cast<const int*>(x16);
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
+  const __m256 half = _mm256_set1_ps(-0.5f), absmask = _mm256_castsi256_ps(
+      _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 bx = _mm256_set1_ps(bxv), by = _mm256_set1_ps(byv);
+  const __m256 hw = _mm256_set1_ps(halfW), hh = _mm256_set1_ps(halfH);
+  const __m256 mx = _mm256_set1_ps(maxX), my = _mm256_set1_ps(maxY);
+  const __m256i xm = _mm256_set1_epi32(xmax), h1 = _mm256_set1_epi32(H1);
+  const __m256i vsy = _mm256_set1_epi32(sy);
+  int32_t j = 0;
+  for (; j + 8 <= w; j += 8) {
+    // Phase A: grid point, outside mask, unnormalise + border clamp, weights, offsets.
+    const __m256 gx = _mm256_add_ps(_mm256_loadu_ps(rowx + j), bx);
+    const __m256 gy = _mm256_add_ps(_mm256_loadu_ps(rowy + j), by);
+    const __m256 out = _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(gx, absmask), one, _CMP_GT_OQ),
+                                    _mm256_cmp_ps(_mm256_and_ps(gy, absmask), one, _CMP_GT_OQ));
+    __m256 ix = _mm256_fmadd_ps(_mm256_add_ps(gx, one), hw, half);
+    __m256 iy = _mm256_fmadd_ps(_mm256_add_ps(gy, one), hh, half);
+    ix = _mm256_min_ps(_mm256_max_ps(ix, zero), mx);
+    iy = _mm256_min_ps(_mm256_max_ps(iy, zero), my);
+    const __m256i xi = _mm256_min_epi32(_mm256_cvttps_epi32(ix), xm);
+    const __m256i yi = _mm256_cvttps_epi32(iy);
+    const __m256 wx = _mm256_sub_ps(ix, _mm256_cvtepi32_ps(xi));
+    const __m256 wy = _mm256_sub_ps(iy, _mm256_cvtepi32_ps(yi));
+    const __m256 e = _mm256_sub_ps(one, wx), so = _mm256_sub_ps(one, wy);
+    const __m256 wnw = _mm256_mul_ps(so, e), wne = _mm256_mul_ps(so, wx);
+    const __m256 wsw = _mm256_mul_ps(wy, e), wse = _mm256_mul_ps(wy, wx);
+    const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(yi, vsy), xi);  // x stride 1
+    const __m256i od = _mm256_add_epi32(o, _mm256_and_si256(_mm256_cmpgt_epi32(h1, yi), vsy));
+    // Phase B: the taps.
+    const __m256i top = _mm256_i32gather_epi32(base, o, 2);  // byte offset = 2 * element
+    const __m256i bot = _mm256_i32gather_epi32(base, od, 2);
+    const __m256 t00 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(top, 16), 16));
+    const __m256 t01 = _mm256_cvtepi32_ps(_mm256_srai_epi32(top, 16));
+    const __m256 t10 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(bot, 16), 16));
+    const __m256 t11 = _mm256_cvtepi32_ps(_mm256_srai_epi32(bot, 16));
+    // Phase C, per channel.
+    for (int c = 0; c < Cu; ++c) {
+      __m256 val = zero;
+      if (span[c] > 0.f) {
+        const __m256 l = _mm256_set1_ps(lo[c]), sp = _mm256_set1_ps(span[c]);
+        // clamp01: max(y, 0) then min(y, 1) (no NaN can occur here).
+        const auto win = [&](__m256 t) {
+          return _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(_mm256_sub_ps(t, l), sp), zero), one);
+        };
+        val = _mm256_mul_ps(win(t00), wnw);
+        val = _mm256_fmadd_ps(win(t01), wne, val);
+        val = _mm256_fmadd_ps(win(t10), wsw, val);
+        val = _mm256_fmadd_ps(win(t11), wse, val);
+        val = _mm256_andnot_ps(out, val);
+      }
+      _mm256_storeu_ps(y + c * plane + j, val);
+    }
+  }
+  return j;
+}
+#endif
 
 // (x, x + 1) RGB pixel pairs (6 bytes, little-endian in a uint64) -> 3 x 4 tap arrays.
 RE_INLINE void split_pairs_rgb(const uint64_t* __restrict__ top,
@@ -357,21 +414,30 @@ RE_INLINE void sample_view(const AugmentArgs& a, const RowView& r, Scratch& s, i
   for (int64_t i = 0; i < h; ++i) {
     const float vv = (static_cast<float>(i) + 0.5f) / fh - 0.5f;
     const float bxv = b2x * vv, byv = b2y * vv;
+    int32_t j0 = 0;  // pixels [0, j0) of the row are done
+#if RE_AUGMENT_X86
+    if constexpr (kFma) {
+      if (pairs) {
+        j0 = ct_row_avx2(reinterpret_cast<const int16_t*>(x), rowx, rowy, bxv, byv, halfW, halfH,
+                         maxX, maxY, xmax, H1, sy, Cu, lo, span, s.y.data() + i * w, h * w, w32);
+      }
+    }
+#endif
     // Phase A (vectorisable): coordinates, weights, tap positions.
     coords_row<kFma>(rowx, rowy, bxv, byv, w32, halfW, halfH, maxX, maxY, xmax, W1, H1, sx,
-                     sy, inside, nw, ne, sw, se, off, dxo, dyo);
+                     sy, inside, nw, ne, sw, se, off, dxo, dyo, j0);
     // Phase B (gathers): the 4 taps of each source channel. Contiguous int16 rows: each
     // tap pair (x, x + 1) is one 32-bit load, split in a vectorised loop.
     if (pairs) {
       const int16_t* x16 = reinterpret_cast<const int16_t*>(x);
       uint32_t* top = s.pair.data();
       uint32_t* bot = top + w;
-      for (int64_t j = 0; j < w; ++j) {
+      for (int64_t j = j0; j < w; ++j) {
         const int16_t* q = x16 + off[j];
         std::memcpy(top + j, q, sizeof(uint32_t));
         std::memcpy(bot + j, q + dyo[j], sizeof(uint32_t));
       }
-      split_pairs(top, bot, taps, w32);
+      split_pairs(top, bot, taps, j0, w32);
     } else if (pairs_rgb) {
       const uint8_t* x8 = reinterpret_cast<const uint8_t*>(x);
       uint64_t* top = s.pair64.data();
@@ -411,7 +477,7 @@ RE_INLINE void sample_view(const AugmentArgs& a, const RowView& r, Scratch& s, i
         }
       } else if (span[c] > 0.f) {
         const float l = lo[c], sp = span[c];
-        for (int64_t j = 0; j < w; ++j) {
+        for (int64_t j = j0; j < w; ++j) {
           const float v00 = clamp01((t[j] - l) / sp), v01 = clamp01((t[w + j] - l) / sp);
           const float v10 = clamp01((t[2 * w + j] - l) / sp);
           const float v11 = clamp01((t[3 * w + j] - l) / sp);
@@ -420,7 +486,7 @@ RE_INLINE void sample_view(const AugmentArgs& a, const RowView& r, Scratch& s, i
           yrow[j] = inside[j] != 0.f ? val : 0.f;
         }
       } else {
-        std::fill(yrow, yrow + w, 0.f);
+        std::fill(yrow + j0, yrow + w, 0.f);
       }
     }
   }
@@ -519,14 +585,14 @@ RE_INLINE void gamma_curve(float* y, int64_t n, float g) {
     for (int64_t k = 0; k < n; ++k) y[k] = clamp01(std::pow(y[k], g));
     return;
   }
-  // y in [0, 1]: y^g = exp(g ln y); 0 and subnormal y give 0 (true value < 1e-27).
-  const double gd = g;
+  // y in [0, 1]: y^g = exp(g ln y); 0, subnormal y and results below 2^-125 give 0 (the
+  // true value is < 1e-37 there).
   for (int64_t k = 0; k < n; ++k) {
     const float yk = y[k];
-    double t = gd * log_d(yk > 1.17549435e-38f ? yk : 1.f);
-    t = t > -200.0 ? t : -200.0;
-    const float pw = static_cast<float>(exp_d(t));
-    y[k] = clamp01(yk > 1.17549435e-38f ? pw : 0.f);
+    const bool tiny = !(yk > 1.17549435e-38f);
+    const float t = g * log_f(tiny ? 1.f : yk);
+    const float pw = exp_f(t > -86.5f ? t : -86.5f);
+    y[k] = clamp01(tiny || t <= -86.5f ? 0.f : pw);
   }
 }
 
@@ -586,8 +652,8 @@ RE_INLINE void blur(float* y, int Cu, Scratch& s, int64_t h, int64_t w, float si
 // ---------------------------------------------------------------------------- steps 8-9
 
 // z of one output row (c, i) of view v: Box-Muller on the top 24 bits of noise_hash.
-RE_INLINE void noise_row(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c,
-                         uint32_t i) {
+RE_INLINE void noise_row_impl(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c,
+                              uint32_t i) {
   uint32_t k = mix32(static_cast<uint32_t>(seed) ^ 0x9E3779B9u);
   k = mix32(k ^ static_cast<uint32_t>(seed >> 32));
   k = mix32(k ^ v);
@@ -599,10 +665,42 @@ RE_INLINE void noise_row(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_
     const uint32_t wb = mix32(k ^ static_cast<uint32_t>(2 * j + 1));
     const float u1 = static_cast<float>(static_cast<int32_t>((wa >> 8) + 1u)) * 0x1p-24f;
     const float u2 = static_cast<float>(static_cast<int32_t>(wb >> 8)) * 0x1p-24f;
-    const float r2 = static_cast<float>(log_d(u1)) * -2.f;
-    const float r = sqrt_f(r2);
-    z[j] = r * static_cast<float>(cos_d(u2 * kTwoPi));
+    const float r = sqrt_f(log_f(u1) * -2.f);
+    z[j] = r * cos_f(u2 * kTwoPi);
   }
+}
+
+using NoiseRowFn = void (*)(float*, int64_t, uint64_t, uint32_t, uint32_t, uint32_t);
+
+void noise_row_plain(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c, uint32_t i) {
+  noise_row_impl(z, w, seed, v, c, i);
+}
+
+#if RE_AUGMENT_X86
+// The same operations 16 lanes wide where AVX-512 exists (no FMA is formed: fp-contract is
+// off), so every path gives the same bits.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))) void noise_row_avx512(
+    float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c, uint32_t i) {
+  noise_row_impl(z, w, seed, v, c, i);
+}
+#endif
+
+NoiseRowFn pick_noise_row() {
+#if RE_AUGMENT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
+    return &noise_row_avx512;
+  }
+#endif
+  return &noise_row_plain;
+}
+
+// z of one output row (c, i) of view v, with the widest vector code this CPU has.
+RE_INLINE void noise_row(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c,
+                         uint32_t i) {
+  static const NoiseRowFn fn = pick_noise_row();
+  fn(z, w, seed, v, c, i);
 }
 
 // One output row (channel c, row i) in fp32 into dst: noise, then normalisation.
@@ -706,6 +804,20 @@ RE_TARGET_AVX2_FMA void process_row_fma(const AugmentArgs& a, const RowView& r, 
   process_row_impl<true, T>(a, r, s);
 }
 
+// The same code compiled for AVX-512 (16 lanes): the multiply-adds are the explicit ones of
+// madd<true> either way, so it gives the AVX2 path's bits.
+template <typename T>
+__attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq,avx512bw"))) void process_row_avx512(
+    const AugmentArgs& a, const RowView& r, Scratch& s) {
+  process_row_impl<true, T>(a, r, s);
+}
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+}
+
 bool cpu_has_fma() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -775,6 +887,7 @@ void run(const AugmentArgs& a, int num_threads) {
   RowFn fn = &process_row_plain<T>;
 #if RE_AUGMENT_X86
   if (cpu_has_fma()) fn = &process_row_fma<T>;
+  if (cpu_has_fma() && cpu_has_avx512()) fn = &process_row_avx512<T>;
 #endif
   std::vector<float> ranges;
   if (!a.rgb && a.minmax) ranges = slice_ranges(a, num_threads);
