@@ -84,7 +84,13 @@ Presets (:data:`PRESETS`): ``"simclr"`` is study A exactly (RandomResizedCrop wi
 ``"ct"`` a CT recipe (see :data:`PRESETS`); ``"none"`` resizes the full image, no
 randomness, for feature extraction.
 
-Backends: ``reference`` (plain torch below, batched with ``grid_sample``: the oracle) and
+Backends: ``reference`` (plain torch below, batched with ``grid_sample``: the oracle),
+``cpu``, ``cuda`` and ``triton``, all registered as one op,
+``torch.ops.radengine.augment_views``, taking the params as tensors and returning one
+(V, B, C, h, w) tensor, which picks the backend at run time; parameter sampling stays in
+Python, outside the op. Defaults: ``cpu`` for CPU tensors, ``cuda`` then ``triton`` for
+CUDA tensors.
+
 ``cpu`` (csrc/cpu/augment.cpp, C++17 + OpenMP: steps 1-9 fused per (view, sample) in a
 per-thread scratch of one view; the default for CPU tensors when radengine._cpu has it).
 The kernel gets the parameters as a per-row float32 table (:func:`_row_table`; cos/sin of
@@ -92,10 +98,37 @@ the angle are torch's), the windows and noise seeds as raw pointers of contiguou
 tensors, mean/std as lists. It reproduces the reference for every feature: fp32 within
 ~5e-6 (measured; transcendentals and reduction orders differ by an ulp or so; grid_sample's
 multiply-adds are fused exactly where torch's AVX2/AVX-512 kernel fuses them), fp16/bf16
-within one output ulp of the fp32 reference. Both are registered as one op,
-``torch.ops.radengine.augment_views``, taking the params as tensors and returning one
-(V, B, C, h, w) tensor, which picks the backend at run time; parameter sampling stays in
-Python, outside the op.
+within one output ulp of the fp32 reference.
+
+``cuda`` (csrc/cuda/augment.cu; the default for CUDA tensors when radengine._cuda has it):
+min-max mode's per-slice range and, for rows whose contrast is active, the view's mean gray
+just before contrast as deterministic two-stage reductions (no atomics, the same bits on
+every run); then one kernel per (view and sample, 1024-pixel tile) doing steps 1-6 in
+registers and 8-9 straight into the output (any strides: contiguous or channels_last);
+blurred views go through an fp32 scratch and a separable pass over a shared-memory tile and
+halo that finishes 8-9. It takes the cpu kernel's row table, uploaded with the windows,
+noise seeds and blur slots in one pinned non-blocking copy (cos/sin of rotated rows
+recomputed on the device by torch), and runs on x's current stream. It follows the
+reference run on CUDA tensors op for op: one rounding per op, fused exactly where torch's
+CUDA kernels fuse (grid_sample's unnormalise and 4-tap blend, the depthwise convolution's
+taps), divisions by Python scalars as torch's reciprocal multiplies, CUDA's own
+logf/cosf/expf/powf; only summation orders differ. tests/ops/test_augment_cuda.py holds it
+to the reference on the same GPU (fp32 within 1e-5, fp16/bf16 within one output ulp); it
+has been checked here only by running the .cu source under a CPU emulation of the CUDA
+subset it uses (max difference 4e-6 in fp32), not on a GPU.
+
+``triton`` (kernels/augment.py; CUDA tensors, and CPU tensors only under
+TRITON_INTERPRET=1): steps 1-6 fused per output pixel over 1-D tiles of (view, sample)
+rows. Contrast's mean comes from an earlier pass over the rows that have contrast, which
+re-runs the steps before it and sums per-program partials in a fixed order (no float
+atomics). Rows with blur go through an fp32 scratch of the blurred views: a horizontal
+pass, then a vertical pass that also adds the noise, normalises and stores. The per-row
+tables are built with the reference's own torch expressions (cos/sin of a rotation, blur
+weights and min-max ranges on x's device) and reach the device in one non-blocking copy,
+so there is no host sync. The kernels run in fp32 with no FMA contraction except where
+torch's grid_sample fuses, IEEE divisions, ~1-ulp log/exp/cos, and the integer
+``noise_hash``. Against the reference under the interpreter: fp32 within ~5e-6 (measured),
+fp16/bf16 within one output ulp of the fp32 reference.
 """
 
 from __future__ import annotations
@@ -661,8 +694,9 @@ def augment_views(
         params: use these parameters instead of drawing them (replay, backend checks).
         dtype: output dtype: float32, float16 or bfloat16 (computed in fp32, rounded once).
         channels_last: each view in channels_last memory format.
-        backend: force ``reference`` or ``cpu`` (else RADENGINE_BACKEND, else ``cpu`` for
-            CPU tensors when it is built, else ``reference``).
+        backend: force ``reference``, ``cpu``, ``cuda`` or ``triton`` (else
+            RADENGINE_BACKEND, else ``cpu`` for CPU tensors and ``cuda``, then ``triton``,
+            for CUDA tensors, when built; else ``reference``).
 
     Returns:
         (views, params): a list of V tensors (B, C, h, w) of ``dtype`` on x's device
@@ -1116,6 +1150,120 @@ def _cpu_kernel_missing() -> str | None:
     return None
 
 
+_ROW_COS, _ROW_SIN = 6, 7  # _row_table's cos/sin columns (csrc/cpu/augment.h: kRowCos)
+
+
+def _cuda_kernel_missing() -> str | None:
+    if _native.cuda is not None and not hasattr(_native.cuda, "augment_views"):
+        return (
+            "radengine._cuda was built before augment_views existed; rebuild it with "
+            "`pip install -e .`"
+        )
+    return None
+
+
+def _augment_views_cuda(
+    x: Tensor,
+    params: AugmentParams,
+    size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    minmax: bool,
+    dtype: torch.dtype,
+    channels_last: bool,
+) -> Tensor:
+    """The ``cuda`` backend: csrc/cuda/augment.cu on x's device and current stream.
+
+    The per-row tables are built on the CPU from the (CPU) params and go to the device in
+    one pinned, non-blocking copy (no host sync); where a row is rotated, cos/sin of its
+    angle are then recomputed there by torch's CUDA kernels, as the reference computes them.
+    """
+    p = params.to("cpu")
+    V, B, C = p.views, x.shape[0], len(mean)
+    N = V * B
+    h, w = (int(s) for s in size)
+    rgb = x.dtype == torch.uint8
+    if rgb:
+        H, W = x.shape[1], x.shape[2]
+        strides = list(x.stride())
+        gray = False
+    else:
+        H, W = x.shape[-2], x.shape[-1]
+        strides = [x.stride(0), x.stride(-2), x.stride(-1), 0]
+        # The reference's rule: one channel when every view's channels share a window.
+        gray = C > 1 and bool((p.window == p.window[:, :, :1]).all())  # type: ignore[index]
+    if (H - 1) * strides[1] + (W - 1) * strides[2] + 2 * strides[3] >= 2**31:
+        # The kernels' in-image tap offsets are int32.
+        if x.is_contiguous():
+            raise ValueError(f"augment_views (cuda): one image of {H}x{W} is too large")
+        return _augment_views_cuda(x.contiguous(), p, size, mean, std, minmax, dtype, channels_last)
+    i32 = torch.int32
+    sigma = p.blur_sigma.reshape(N)
+    blurred = (sigma > 0).nonzero().squeeze(1).to(i32)
+    slot = torch.full((N,), -1, dtype=i32)
+    slot[blurred.long()] = torch.arange(blurred.numel(), dtype=i32)
+    rotated = bool((p.angle != 0).any())
+    window = p.window.reshape(-1) if p.window is not None else torch.zeros(0)
+    parts = [  # int32 words; the int64 seeds first, so 8-byte aligned on the device
+        p.noise_seed.reshape(N).contiguous().view(i32),
+        _row_table(p).view(i32).reshape(-1),
+        window.contiguous().view(i32),
+        slot,
+        blurred,
+        p.angle.reshape(N).contiguous().view(i32),
+    ]
+    packed = torch.cat(parts)
+    if x.is_cuda:
+        packed = packed.pin_memory()
+    seeds, rows, windows, slots, blur_rows, angle = packed.to(x.device, non_blocking=True).split(
+        [t.numel() for t in parts]
+    )
+    rows = rows.view(torch.float32).view(N, -1)
+    if rotated:
+        theta = torch.deg2rad(angle.view(torch.float32))
+        rows[:, _ROW_COS] = torch.cos(theta)
+        rows[:, _ROW_SIN] = torch.sin(theta)
+    contrast = bool((p.jitter[..., 1] != 1).any())
+    n_blur = blurred.numel()
+    cuda = _native.cuda
+    nbytes = cuda.augment_views_workspace(rgb, V, B, H, W, C, h, w, minmax, gray, contrast, n_blur)
+    workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
+    out = _new_output(V, B, C, h, w, dtype, x.device, channels_last)
+    cuda.augment_views(
+        x.data_ptr(),
+        strides,
+        rgb,
+        V,
+        B,
+        H,
+        W,
+        out.data_ptr(),
+        list(out.stride()),
+        C,
+        h,
+        w,
+        rows.data_ptr(),
+        windows.data_ptr(),
+        seeds.data_ptr(),
+        slots.data_ptr(),
+        blur_rows.data_ptr(),
+        n_blur,
+        int(blur_radius(sigma).max()) if n_blur else 0,
+        list(mean),
+        list(std),
+        minmax,
+        gray,
+        contrast,
+        rotated,
+        _native.DTYPE_CODES[str(dtype).removeprefix("torch.")],
+        workspace.data_ptr(),
+        nbytes,
+        x.device.index or 0,
+        torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0,
+    )
+    return out
+
+
 def _augment_views_cpu(
     x: Tensor,
     params: AugmentParams,
@@ -1176,11 +1324,33 @@ def _augment_views_cpu(
     return out
 
 
+def _augment_views_triton(
+    x: Tensor,
+    params: AugmentParams,
+    size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    minmax: bool,
+    dtype: torch.dtype,
+    channels_last: bool,
+) -> Tensor:
+    """The ``triton`` backend: kernels/augment.py (CUDA tensors; CPU tensors only under
+    TRITON_INTERPRET=1). Steps 1-6 fused per pixel, blur as two passes over a scratch of
+    the blurred views."""
+    from radengine.kernels import augment as kernel
+
+    return kernel.augment_views(x, params, size, mean, std, minmax, dtype, channels_last)
+
+
 IMPLS = {"reference": reference_augment_views}
 # A _cpu built before this op (stale editable install) lacks the kernel: no cpu backend then
 # (forcing it says why); not built at all: listed, and _dispatch reports the build error.
 if _cpu_kernel_missing() is None:
     IMPLS["cpu"] = _augment_views_cpu
+# Likewise a _cuda built before this op: no cuda backend (the default on CUDA tensors) then.
+if _cuda_kernel_missing() is None:
+    IMPLS["cuda"] = _augment_views_cuda
+IMPLS["triton"] = _augment_views_triton
 
 
 @torch.library.custom_op("radengine::augment_views", mutates_args=())
@@ -1214,8 +1384,12 @@ def _augment_views_op(
     )  # fmt: skip
     if x.shape[0] == 0:
         return _new_output(params.views, 0, len(mean), *size, dtype, x.device, channels_last)
-    if (backend or _dispatch.requested_backend()) == "cpu" and (why := _cpu_kernel_missing()):
-        raise _dispatch.BackendUnavailableError(f"augment: backend 'cpu' requested but {why}")
+    forced = backend or _dispatch.requested_backend()
+    for name, missing in (("cpu", _cpu_kernel_missing), ("cuda", _cuda_kernel_missing)):
+        if forced == name and (why := missing()):
+            raise _dispatch.BackendUnavailableError(
+                f"augment: backend {name!r} requested but {why}"
+            )
     _, impl = _dispatch.select("augment", IMPLS, x.device, backend or None)
     return impl(x, params, size, mean, std, minmax, dtype, channels_last)
 
