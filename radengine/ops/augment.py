@@ -1150,6 +1150,17 @@ def _cpu_kernel_missing() -> str | None:
     return None
 
 
+def _kernel_layout(x: Tensor, p: AugmentParams, C: int):
+    """(rgb, H, W, element strides (b, y, x, channel), gray) as the native kernels take
+    them; ``gray``: the reference's rule, one channel computed when every view's channels
+    share a window."""
+    if x.dtype == torch.uint8:
+        return True, x.shape[1], x.shape[2], list(x.stride()), False
+    strides = [x.stride(0), x.stride(-2), x.stride(-1), 0]
+    gray = C > 1 and bool((p.window == p.window[:, :, :1]).all())  # type: ignore[index]
+    return False, x.shape[-2], x.shape[-1], strides, gray
+
+
 _ROW_COS, _ROW_SIN = 6, 7  # _row_table's cos/sin columns (csrc/cpu/augment.h: kRowCos)
 
 
@@ -1182,16 +1193,7 @@ def _augment_views_cuda(
     V, B, C = p.views, x.shape[0], len(mean)
     N = V * B
     h, w = (int(s) for s in size)
-    rgb = x.dtype == torch.uint8
-    if rgb:
-        H, W = x.shape[1], x.shape[2]
-        strides = list(x.stride())
-        gray = False
-    else:
-        H, W = x.shape[-2], x.shape[-1]
-        strides = [x.stride(0), x.stride(-2), x.stride(-1), 0]
-        # The reference's rule: one channel when every view's channels share a window.
-        gray = C > 1 and bool((p.window == p.window[:, :, :1]).all())  # type: ignore[index]
+    rgb, H, W, strides, gray = _kernel_layout(x, p, C)
     if (H - 1) * strides[1] + (W - 1) * strides[2] + 2 * strides[3] >= 2**31:
         # The kernels' in-image tap offsets are int32.
         if x.is_contiguous():
@@ -1278,18 +1280,8 @@ def _augment_views_cpu(
     p = params.to("cpu")
     V, B, C = p.views, x.shape[0], len(mean)
     h, w = (int(s) for s in size)
-    rgb = x.dtype == torch.uint8
-    if rgb:
-        H, W = x.shape[1], x.shape[2]
-        strides = list(x.stride())
-        windows = None
-        gray = False
-    else:
-        H, W = x.shape[-2], x.shape[-1]
-        strides = [x.stride(0), x.stride(-2), x.stride(-1), 0]
-        windows = p.window.reshape(V * B, C, 2).contiguous()  # type: ignore[union-attr]
-        # The reference's rule: one channel when every view's channels share a window.
-        gray = C > 1 and bool((p.window == p.window[:, :, :1]).all())  # type: ignore[index]
+    rgb, H, W, strides, gray = _kernel_layout(x, p, C)
+    windows = None if rgb else p.window.reshape(V * B, C, 2).contiguous()  # type: ignore[union-attr]
     if (H - 1) * abs(strides[1]) + W * abs(strides[2]) + 2 * abs(strides[3]) >= 2**31:
         # The kernel's in-slice tap offsets are int32 (its coordinate loop vectorises).
         if x.is_contiguous():
