@@ -312,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_bench)
 
+    from radengine.eval.cli import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)  # eval knn|linear|finetune|segment, weights import
+
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the tracking store")
     p.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--host", default="127.0.0.1")
@@ -326,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         bad = [a for a in extra if a.startswith("-") or "=" not in a]
-        if bad or getattr(args, "func", None) is not _cmd_pretrain:
+        if bad or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = [*args.overrides, *extra]
     if args.version:
