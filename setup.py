@@ -82,16 +82,9 @@ def _gencode_flags(archs: list[str]) -> list[str]:
 class BuildExt(build_ext):
     def build_extensions(self) -> None:
         info: dict[str, dict] = {}
-        # -fno-trapping-math lets GCC if-convert the clamps so row loops vectorise, and
-        # -fno-math-errno makes sqrt one instruction; no kernel relies on FP exceptions or
-        # errno, and results are unchanged (no reassociation, no contraction).
-        cpu_flags = [
-            "-O3",
-            "-std=c++17",
-            "-fvisibility=hidden",
-            "-fno-trapping-math",
-            "-fno-math-errno",
-        ]
+        # -fno-trapping-math lets GCC if-convert the clamps so row loops vectorise; no
+        # kernel relies on FP exceptions, and results are unchanged (no reassociation).
+        cpu_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fno-trapping-math"]
         openmp = has_flag(self.compiler, "-fopenmp")
         for ext in self.extensions:
             ext.extra_compile_args = list(cpu_flags) + (["-fopenmp"] if openmp else [])

@@ -21,10 +21,7 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
+#include "cpu/augment_avx2.h"
 #include "cpu/convert.h"
 #include "cpu/memory.h"
 #include "cpu/parallel.h"
@@ -161,9 +158,17 @@ RE_INLINE float cos_f(float x) {
   return ((q + 1) & 2) != 0 ? -v : v;
 }
 
-// sqrt(x), x >= 0: the correctly rounded hardware square root (setup.py compiles with
-// -fno-math-errno, so this is one instruction and the loop vectorises).
-RE_INLINE float sqrt_f(float x) { return __builtin_sqrtf(x); }
+// sqrt(x) for float x >= 0 within ~2 ulp, branch-free (std::sqrt keeps an errno branch
+// under GCC's default -fmath-errno that stops the loop from vectorising, and compiling
+// with -fno-math-errno slowed other loops of this file): a bit-trick estimate of
+// 1 / sqrt(x) (< 4% off), three Newton steps, times x.
+RE_INLINE float sqrt_f(float x) {
+  const bool pos = x > 1e-30f;
+  const float xs = pos ? x : 1.f;
+  float r = bits_float(0x5F375A86u - (float_bits(xs) >> 1));
+  for (int it = 0; it < 3; ++it) r = r * (1.5f - (0.5f * xs) * (r * r));
+  return pos ? xs * r : 0.f;
+}
 
 // ---------------------------------------------------------------------------- scratch
 
@@ -259,77 +264,6 @@ RE_INLINE void split_pairs(const uint32_t* __restrict__ top, const uint32_t* __r
   }
 }
 
-#if RE_AUGMENT_X86
-// Phases A, B and C of one CT output row with AVX2, 8 pixels per step, for contiguous
-// int16 rows (the pair case): the coordinates and weights as coords_row<true>, the
-// (x, x + 1) int16 pairs of the top and bottom rows as two 32-bit gathers split into the
-// 4 taps, each windowed per channel, blended and masked as the scalar Phase C: the same
-// operations in the same order, the multiply-adds fused where madd<true> fuses them.
-// Returns how many pixels it did (a multiple of 8); the caller finishes the row.
-RE_TARGET_AVX2_FMA int32_t ct_row_avx2(const int16_t* x16, const float* rowx,
-                                       const float* rowy, float bxv, float byv, float halfW,
-                                       float halfH, float maxX, float maxY, int32_t xmax,
-                                       int32_t H1, int32_t sy, int Cu, const float* lo,
-                                       const float* span, float* y, int64_t plane,
-                                       int32_t w) {
-  const int* base = reinterpret_cast<const int*>(x16);
-  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
-  const __m256 half = _mm256_set1_ps(-0.5f), absmask = _mm256_castsi256_ps(
-      _mm256_set1_epi32(0x7FFFFFFF));
-  const __m256 bx = _mm256_set1_ps(bxv), by = _mm256_set1_ps(byv);
-  const __m256 hw = _mm256_set1_ps(halfW), hh = _mm256_set1_ps(halfH);
-  const __m256 mx = _mm256_set1_ps(maxX), my = _mm256_set1_ps(maxY);
-  const __m256i xm = _mm256_set1_epi32(xmax), h1 = _mm256_set1_epi32(H1);
-  const __m256i vsy = _mm256_set1_epi32(sy);
-  int32_t j = 0;
-  for (; j + 8 <= w; j += 8) {
-    // Phase A: grid point, outside mask, unnormalise + border clamp, weights, offsets.
-    const __m256 gx = _mm256_add_ps(_mm256_loadu_ps(rowx + j), bx);
-    const __m256 gy = _mm256_add_ps(_mm256_loadu_ps(rowy + j), by);
-    const __m256 out = _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(gx, absmask), one, _CMP_GT_OQ),
-                                    _mm256_cmp_ps(_mm256_and_ps(gy, absmask), one, _CMP_GT_OQ));
-    __m256 ix = _mm256_fmadd_ps(_mm256_add_ps(gx, one), hw, half);
-    __m256 iy = _mm256_fmadd_ps(_mm256_add_ps(gy, one), hh, half);
-    ix = _mm256_min_ps(_mm256_max_ps(ix, zero), mx);
-    iy = _mm256_min_ps(_mm256_max_ps(iy, zero), my);
-    const __m256i xi = _mm256_min_epi32(_mm256_cvttps_epi32(ix), xm);
-    const __m256i yi = _mm256_cvttps_epi32(iy);
-    const __m256 wx = _mm256_sub_ps(ix, _mm256_cvtepi32_ps(xi));
-    const __m256 wy = _mm256_sub_ps(iy, _mm256_cvtepi32_ps(yi));
-    const __m256 e = _mm256_sub_ps(one, wx), so = _mm256_sub_ps(one, wy);
-    const __m256 wnw = _mm256_mul_ps(so, e), wne = _mm256_mul_ps(so, wx);
-    const __m256 wsw = _mm256_mul_ps(wy, e), wse = _mm256_mul_ps(wy, wx);
-    const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(yi, vsy), xi);  // x stride 1
-    const __m256i od = _mm256_add_epi32(o, _mm256_and_si256(_mm256_cmpgt_epi32(h1, yi), vsy));
-    // Phase B: the taps.
-    const __m256i top = _mm256_i32gather_epi32(base, o, 2);  // byte offset = 2 * element
-    const __m256i bot = _mm256_i32gather_epi32(base, od, 2);
-    const __m256 t00 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(top, 16), 16));
-    const __m256 t01 = _mm256_cvtepi32_ps(_mm256_srai_epi32(top, 16));
-    const __m256 t10 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(bot, 16), 16));
-    const __m256 t11 = _mm256_cvtepi32_ps(_mm256_srai_epi32(bot, 16));
-    // Phase C, per channel.
-    for (int c = 0; c < Cu; ++c) {
-      __m256 val = zero;
-      if (span[c] > 0.f) {
-        const __m256 l = _mm256_set1_ps(lo[c]), sp = _mm256_set1_ps(span[c]);
-        // clamp01: max(y, 0) then min(y, 1) (no NaN can occur here).
-        const auto win = [&](__m256 t) {
-          return _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(_mm256_sub_ps(t, l), sp), zero), one);
-        };
-        val = _mm256_mul_ps(win(t00), wnw);
-        val = _mm256_fmadd_ps(win(t01), wne, val);
-        val = _mm256_fmadd_ps(win(t10), wsw, val);
-        val = _mm256_fmadd_ps(win(t11), wse, val);
-        val = _mm256_andnot_ps(out, val);
-      }
-      _mm256_storeu_ps(y + c * plane + j, val);
-    }
-  }
-  return j;
-}
-#endif
-
 // (x, x + 1) RGB pixel pairs (6 bytes, little-endian in a uint64) -> 3 x 4 tap arrays.
 RE_INLINE void split_pairs_rgb(const uint64_t* __restrict__ top,
                                const uint64_t* __restrict__ bot, float* __restrict__ t,
@@ -415,7 +349,7 @@ RE_INLINE void sample_view(const AugmentArgs& a, const RowView& r, Scratch& s, i
     const float vv = (static_cast<float>(i) + 0.5f) / fh - 0.5f;
     const float bxv = b2x * vv, byv = b2y * vv;
     int32_t j0 = 0;  // pixels [0, j0) of the row are done
-#if RE_AUGMENT_X86
+#if RE_AUGMENT_HAVE_AVX2_ROW
     if constexpr (kFma) {
       if (pairs) {
         j0 = ct_row_avx2(reinterpret_cast<const int16_t*>(x), rowx, rowy, bxv, byv, halfW, halfH,
@@ -652,8 +586,10 @@ RE_INLINE void blur(float* y, int Cu, Scratch& s, int64_t h, int64_t w, float si
 // ---------------------------------------------------------------------------- steps 8-9
 
 // z of one output row (c, i) of view v: Box-Muller on the top 24 bits of noise_hash.
-RE_INLINE void noise_row_impl(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c,
-                              uint32_t i) {
+// (Kept inline in the row kernel: calling it through a function pointer, e.g. to pick an
+// AVX-512 build of it, stopped GCC from vectorising the hue loop of the same kernel.)
+RE_INLINE void noise_row(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c,
+                         uint32_t i) {
   uint32_t k = mix32(static_cast<uint32_t>(seed) ^ 0x9E3779B9u);
   k = mix32(k ^ static_cast<uint32_t>(seed >> 32));
   k = mix32(k ^ v);
@@ -668,39 +604,6 @@ RE_INLINE void noise_row_impl(float* z, int64_t w, uint64_t seed, uint32_t v, ui
     const float r = sqrt_f(log_f(u1) * -2.f);
     z[j] = r * cos_f(u2 * kTwoPi);
   }
-}
-
-using NoiseRowFn = void (*)(float*, int64_t, uint64_t, uint32_t, uint32_t, uint32_t);
-
-void noise_row_plain(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c, uint32_t i) {
-  noise_row_impl(z, w, seed, v, c, i);
-}
-
-#if RE_AUGMENT_X86
-// The same operations 16 lanes wide where AVX-512 exists (no FMA is formed: fp-contract is
-// off), so every path gives the same bits.
-__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))) void noise_row_avx512(
-    float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c, uint32_t i) {
-  noise_row_impl(z, w, seed, v, c, i);
-}
-#endif
-
-NoiseRowFn pick_noise_row() {
-#if RE_AUGMENT_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
-    return &noise_row_avx512;
-  }
-#endif
-  return &noise_row_plain;
-}
-
-// z of one output row (c, i) of view v, with the widest vector code this CPU has.
-RE_INLINE void noise_row(float* z, int64_t w, uint64_t seed, uint32_t v, uint32_t c,
-                         uint32_t i) {
-  static const NoiseRowFn fn = pick_noise_row();
-  fn(z, w, seed, v, c, i);
 }
 
 // One output row (channel c, row i) in fp32 into dst: noise, then normalisation.
@@ -804,8 +707,8 @@ RE_TARGET_AVX2_FMA void process_row_fma(const AugmentArgs& a, const RowView& r, 
   process_row_impl<true, T>(a, r, s);
 }
 
-// The same code compiled for AVX-512 (16 lanes): the multiply-adds are the explicit ones of
-// madd<true> either way, so it gives the AVX2 path's bits.
+// The same code compiled for AVX-512 (16 lanes): every multiply-add is the explicit one
+// of madd<true> (fp-contract is off), so it gives the AVX2 path's bits.
 template <typename T>
 __attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq,avx512bw"))) void process_row_avx512(
     const AugmentArgs& a, const RowView& r, Scratch& s) {

@@ -26,17 +26,16 @@
 // and its 4-tap blend, compiled with FMA on AVX2/AVX-512 machines), the kernel does too,
 // in a code path compiled for AVX2+FMA and picked at run time; everywhere else it rounds
 // after every operation like the reference (the file is compiled with fp-contract off).
-// The noise's log/cos and gamma's pow (as exp(g ln y)) are branch-free fp32 polynomials
-// within ~2 ulp that vectorise (the noise 16 lanes wide where AVX-512 exists, the rest of
-// the row kernel too: an AVX-512 build of the same code, which gives the AVX2 path's bits
-// since every multiply-add is explicit); sqrt is the hardware's; the blur weights use
-// libm's expf. torch's own (SLEEF) may differ from these by an ulp or two.
+// The noise's log/cos/sqrt and gamma's pow (as exp(g ln y)) are branch-free fp32 code
+// within ~2 ulp that vectorises; the blur weights use libm's expf. torch's own (SLEEF) may
+// differ from these by an ulp or two.
 // Sums (contrast's mean, in double; the blur, in tap order) are in a different order from
 // torch's. Measured against reference_augment_views: fp32 max |diff| ~5e-6 (after
 // normalisation by std ~0.22; ~1.5e-6 on [0, 1]), fp16/bf16 within one output ulp.
 //
 // CT rows of contiguous int16 take an AVX2 path for steps 1-2 (coordinates, two 32-bit
-// gathers of (x, x + 1) tap pairs per 8 pixels, window, blend) with the same operations.
+// gathers of (x, x + 1) tap pairs per 8 pixels, window, blend) with the same operations
+// (csrc/cpu/augment_avx2.cpp).
 //
 // Memory traffic aimed for: every output element written once; the input read once per
 // view through the bilinear taps (about 4 taps per output pixel, mostly from cache), plus
