@@ -316,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parsers(sub)  # eval knn|linear|finetune|segment, weights import
 
+    from radengine.analysis.cli import add_parsers as add_analysis_parsers
+
+    add_analysis_parsers(sub)  # report, analyze cka|domain|embed
+
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the tracking store")
     p.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--host", default="127.0.0.1")
