@@ -128,6 +128,16 @@ def test_pretrain_then_eval_linear_with_no_init(tracked, ct_store, tmp_path, cap
     assert params["init.source"] == tracked.run_id
     assert "test/accuracy" in captured.out
 
+    # ... and on to the transfer report: the eval run is a cell of the pretraining's row.
+    report = tmp_path / "report"
+    assert main(["report", "--tracking", tracked.uri, "--out", str(report)]) == 0
+    assert {"report.md", "report.csv", "report.html", "report.svg"} <= {
+        f.name for f in report.iterdir()
+    }
+    cells = (report / "report.csv").read_text().splitlines()
+    (cell,) = [line for line in cells if run.info.run_id in line]
+    assert cell.startswith("simclr ct") and f"{metrics['test/accuracy']:.6g}" in cell
+
 
 def test_the_newest_finished_pretraining_run_is_picked_and_the_cache_reused(
     tracked, ct_store, tmp_path, capsys
