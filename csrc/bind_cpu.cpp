@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/augment.h"
+#include "cpu/contrastive_loss.h"
 #include "cpu/hu_window.h"
 #include "cpu/parallel.h"
 #include "cpu/resize.h"
@@ -100,6 +101,72 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("augment_uses_fma", &radengine::cpu::augment_uses_fma,
         "whether augment_views samples with the AVX2+FMA code path (as torch's AVX2/AVX-512 "
         "grid_sample rounds)");
+
+  m.def(
+      "contrastive_forward",
+      [](uintptr_t u, uintptr_t v, uintptr_t extra, int64_t M, int64_t C, int64_t D,
+         double inv_t, int64_t col_offset, int64_t half, bool self_mask, bool pos_in_cols,
+         bool symmetric, bool is_double, uintptr_t lse, uintptr_t row_loss, int isa,
+         int num_threads) {
+        radengine::cpu::ContrastiveProblem p;
+        p.u = reinterpret_cast<const void*>(u);
+        p.v = reinterpret_cast<const void*>(v);
+        p.extra = reinterpret_cast<const void*>(extra);
+        p.M = M;
+        p.C = C;
+        p.D = D;
+        p.inv_t = inv_t;
+        p.col_offset = col_offset;
+        p.half = half;
+        p.self_mask = self_mask;
+        p.pos_in_cols = pos_in_cols;
+        p.symmetric = symmetric;
+        p.is_double = is_double;
+        radengine::cpu::contrastive_forward(p, reinterpret_cast<void*>(lse),
+                                            reinterpret_cast<void*>(row_loss), isa, num_threads);
+      },
+      py::arg("u"), py::arg("v"), py::arg("extra"), py::arg("M"), py::arg("C"), py::arg("D"),
+      py::arg("inv_t"), py::arg("col_offset"), py::arg("half"), py::arg("self_mask"),
+      py::arg("pos_in_cols"), py::arg("symmetric"), py::arg("is_double"), py::arg("lse"),
+      py::arg("row_loss"), py::arg("isa") = 0, py::arg("num_threads") = 0,
+      py::call_guard<py::gil_scoped_release>(),
+      "NT-Xent / InfoNCE forward (cpu/contrastive_loss.h): rows u (M, D) against columns v "
+      "(C, D) (v unused when symmetric: the rows are the columns), contiguous float32 "
+      "(float64 if is_double); extra: (M) positive logits or 0. Writes lse (M) and row_loss "
+      "(M) in the same dtype. isa: 0 auto, 1 portable, 2 avx2, 3 avx512 (a cap).");
+  m.def(
+      "contrastive_backward",
+      [](double grad, uintptr_t u, uintptr_t v, uintptr_t lse, int64_t M, int64_t C, int64_t D,
+         double inv_t, int64_t col_offset, int64_t half, bool self_mask, bool pos_in_cols,
+         bool symmetric, bool is_double, uintptr_t grad_u, uintptr_t grad_v, int isa,
+         int num_threads) {
+        radengine::cpu::ContrastiveProblem p;
+        p.u = reinterpret_cast<const void*>(u);
+        p.v = reinterpret_cast<const void*>(v);
+        p.M = M;
+        p.C = C;
+        p.D = D;
+        p.inv_t = inv_t;
+        p.col_offset = col_offset;
+        p.half = half;
+        p.self_mask = self_mask;
+        p.pos_in_cols = pos_in_cols;
+        p.symmetric = symmetric;
+        p.is_double = is_double;
+        radengine::cpu::contrastive_backward(p, grad, reinterpret_cast<const void*>(lse),
+                                             reinterpret_cast<void*>(grad_u),
+                                             reinterpret_cast<void*>(grad_v), isa, num_threads);
+      },
+      py::arg("grad"), py::arg("u"), py::arg("v"), py::arg("lse"), py::arg("M"), py::arg("C"),
+      py::arg("D"), py::arg("inv_t"), py::arg("col_offset"), py::arg("half"),
+      py::arg("self_mask"), py::arg("pos_in_cols"), py::arg("symmetric"), py::arg("is_double"),
+      py::arg("grad_u"), py::arg("grad_v"), py::arg("isa") = 0, py::arg("num_threads") = 0,
+      py::call_guard<py::gil_scoped_release>(),
+      "NT-Xent / InfoNCE backward: grad_u (M, D) = grad * d(mean row loss)/du and, unless "
+      "grad_v is 0 (or symmetric), grad_v (C, D) = grad * d/dv; lse is the forward's.");
+  m.def("contrastive_isa", &radengine::cpu::contrastive_isa_name, py::arg("isa") = 0,
+        "the code path the float32 contrastive kernels take for an isa cap on this CPU: "
+        "'avx512', 'avx2' or 'portable'");
 
   m.def("openmp_threads", []() { return omp_get_max_threads(); },
         "threads an OpenMP region uses by default (1 if built without OpenMP)");

@@ -35,14 +35,21 @@ each row's loss depends only on its positive and on the set of all columns, not 
 order, so the rank-major column order of the gather changes nothing.
 
 Backends: ``reference`` (plain torch below: the N x N logits and an analytic backward that
-uses the saved per-row log-sum-exp, as a tiled kernel would) and ``triton``
+uses the saved per-row log-sum-exp, as a tiled kernel would), ``triton``
 (kernels/contrastive_loss.py: flash-attention-style tiles with an online log-sum-exp, the
-logits never stored; the backward recomputes them from the saved log-sum-exp; the L2
-normalisation and its backward stay in torch). Default: ``triton`` for CUDA tensors,
-``reference`` for CPU tensors (triton runs there only when forced under TRITON_INTERPRET=1,
-for tests); issue #6 adds ``cpu`` next. Every backend computes in fp32 (fp64 for fp64
-inputs; triton's matmuls in IEEE fp32, never TF32) and returns the loss in that precision;
-gradients come in the input's dtype.
+logits never stored; the backward recomputes them from the saved log-sum-exp) and ``cpu``
+(csrc/cpu/contrastive_loss.cpp, C++/OpenMP: 128 x 128 tiles from AVX-512 micro-kernels on
+packed panels, the logits never stored; single-process NT-Xent uses s_ic = s_ci and
+computes only the tiles on and above the diagonal, each tile feeding the log-sum-exp and
+the gradient of both its row block and its column block, about 2 (2N)^2 D multiply-adds
+for forward + backward; memory O(N D); deterministic and independent of the thread
+count). In triton and cpu the L2 normalisation and its backward stay in torch. Default:
+``triton`` for CUDA tensors, ``cpu`` for CPU tensors (``reference`` where radengine._cpu
+is not built; triton runs on CPU tensors only when forced under TRITON_INTERPRET=1, for
+tests). Every backend computes in fp32 (fp64 for fp64 inputs, which cpu runs in portable
+C++ rather than its AVX-512 kernels; triton's matmuls in IEEE fp32, never TF32) and
+returns the loss in that precision; gradients come in the input's dtype (float16 and
+bfloat16 inputs are converted to fp32 for the kernels, O(N D)).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from radengine import _native
 from radengine.ops import _dispatch
 
 __all__ = [
@@ -97,8 +105,8 @@ def nt_xent(
             for the row layout each rank must hold and how the losses combine). Every rank
             must pass the same 2N. False, or a single process: local negatives only.
         group: the process group to gather over (default: the world).
-        backend: force ``reference`` or ``triton`` (else RADENGINE_BACKEND, else the fastest
-            available for the device: triton on CUDA, reference on CPU).
+        backend: force ``reference``, ``cpu`` or ``triton`` (else RADENGINE_BACKEND, else the
+            fastest available for the device: triton on CUDA, cpu on CPU).
 
     Returns:
         () the mean loss over this rank's 2N rows; float32 (float64 for float64 ``z``).
@@ -142,8 +150,8 @@ def info_nce(
             other keys of the batch are the negatives (MoCo v3).
         temperature: T > 0 (MoCo: 0.07; MoCo v2: 0.2).
         normalize: L2-normalise q, k and the queue first.
-        backend: force ``reference`` or ``triton`` (else RADENGINE_BACKEND, else the fastest
-            available for the device: triton on CUDA, reference on CPU).
+        backend: force ``reference``, ``cpu`` or ``triton`` (else RADENGINE_BACKEND, else the
+            fastest available for the device: triton on CUDA, cpu on CPU).
 
     Returns:
         () the mean loss over the N queries; float32 (float64 for float64 inputs).
@@ -540,6 +548,187 @@ def _info_nce_bwd_triton(
     return grad_q, grad_k
 
 
+# ------------------------------------------------------------------------ cpu backend
+# csrc/cpu/contrastive_loss.cpp on raw pointers: the kernels see contiguous unit (or raw)
+# rows in the accumulation dtype; normalisation and its backward stay in torch, as for
+# triton. The kernel returns the per-row loss and lse (the mean is taken here).
+
+# Instruction-set cap for the cpu kernels (0: the best the CPU has; 1 portable C++, 2 AVX2,
+# 3 AVX-512); tests lower it to run every code path this machine can.
+_cpu_isa = 0
+
+
+def _cpu_kernel_missing() -> str | None:
+    if _native.cpu is not None and not hasattr(_native.cpu, "contrastive_forward"):
+        return (
+            "radengine._cpu was built before the contrastive loss kernels existed; rebuild it "
+            "with `pip install -e .`"
+        )
+    return None
+
+
+def _ptr(x: Tensor | None) -> int:
+    return 0 if x is None else x.data_ptr()
+
+
+def _cpu_forward(
+    u: Tensor,
+    v: Tensor | None,
+    extra: Tensor | None,
+    temperature: float,
+    *,
+    col_offset: int = 0,
+    half: int = 0,
+    self_mask: bool = False,
+    pos_in_cols: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Per-row loss (M,) and lse (M,) of u (M, D) against v (C, D) (None: u itself, the
+    symmetric single-process NT-Xent), contiguous, fp32 or fp64."""
+    m, d = u.shape
+    lse = torch.empty(m, dtype=u.dtype)
+    row_loss = torch.empty(m, dtype=u.dtype)
+    _native.cpu.contrastive_forward(
+        _ptr(u), _ptr(v), _ptr(extra), m, m if v is None else v.shape[0], d,
+        1.0 / temperature, col_offset, half, self_mask, pos_in_cols, v is None,
+        u.dtype == torch.float64, lse.data_ptr(), row_loss.data_ptr(),
+        isa=_cpu_isa, num_threads=torch.get_num_threads(),
+    )  # fmt: skip
+    return row_loss, lse
+
+
+def _cpu_backward(
+    grad: Tensor,
+    u: Tensor,
+    v: Tensor | None,
+    lse: Tensor,
+    temperature: float,
+    *,
+    want_v: bool,
+    col_offset: int = 0,
+    half: int = 0,
+    self_mask: bool = False,
+    pos_in_cols: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """d(grad * mean row loss)/du (M, D) and, if ``want_v``, d/dv (C, D)."""
+    m, d = u.shape
+    grad_u = torch.empty_like(u)
+    grad_v = torch.empty_like(v) if want_v and v is not None else None
+    lse = lse.to(u.dtype).contiguous()  # kept alive across the call
+    _native.cpu.contrastive_backward(
+        float(grad), _ptr(u), _ptr(v), lse.data_ptr(), m,
+        m if v is None else v.shape[0], d, 1.0 / temperature, col_offset, half, self_mask,
+        pos_in_cols, v is None, u.dtype == torch.float64, grad_u.data_ptr(), _ptr(grad_v),
+        isa=_cpu_isa, num_threads=torch.get_num_threads(),
+    )  # fmt: skip
+    return grad_u, grad_v
+
+
+def _normalize_bwd_into(x: Tensor, u: Tensor, grad_u: Tensor, normalize: bool) -> Tensor:
+    """:func:`_normalize_bwd` without an (M, D) temporary: ``grad_u`` (a fresh kernel output)
+    becomes the gradient for x in place and ``u`` (x's unit rows from :func:`_unit`, no
+    longer needed) is the scratch. Keeps the backend's memory at a few (M, D) buffers."""
+    if not normalize:
+        return grad_u
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=grad_u.dtype)
+    dot = torch.bmm(u.unsqueeze(1), grad_u.unsqueeze(2)).squeeze(2)  # (M, 1): u . g
+    zero = (norm <= NORM_EPS).squeeze(1)
+    zero_rows = grad_u[zero] / NORM_EPS if bool(zero.any()) else None
+    grad_u.sub_(u.mul_(dot)).div_(norm.clamp_min_(NORM_EPS))
+    if zero_rows is not None:
+        grad_u[zero] = zero_rows
+    return grad_u
+
+
+def _nt_xent_fwd_cpu(
+    rows: Tensor, cols: Tensor | None, offset: int, temperature: float, normalize: bool
+) -> tuple[Tensor, Tensor]:
+    u_rows = _unit(rows, normalize)
+    u_cols = None if cols is None else _unit(cols, normalize)
+    row_loss, lse = _cpu_forward(
+        u_rows,
+        u_cols,
+        None,
+        temperature,
+        col_offset=offset,
+        half=rows.shape[0] // 2,
+        self_mask=True,
+        pos_in_cols=True,
+    )
+    return row_loss.mean(), lse
+
+
+def _nt_xent_bwd_cpu(
+    grad: Tensor,
+    rows: Tensor,
+    cols: Tensor | None,
+    offset: int,
+    temperature: float,
+    normalize: bool,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    u_rows = _unit(rows, normalize)
+    u_cols = None if cols is None else _unit(cols, normalize)
+    # Single process: the kernel's row gradient already holds the column term.
+    grad_u_rows, grad_u_cols = _cpu_backward(
+        grad,
+        u_rows,
+        u_cols,
+        lse,
+        temperature,
+        want_v=True,
+        col_offset=offset,
+        half=rows.shape[0] // 2,
+        self_mask=True,
+        pos_in_cols=True,
+    )
+    grad_rows = _normalize_bwd_into(rows, u_rows, grad_u_rows, normalize).to(rows.dtype)
+    if cols is None:
+        return grad_rows, None
+    return grad_rows, _normalize_bwd_into(cols, u_cols, grad_u_cols, normalize).to(cols.dtype)
+
+
+def _info_nce_fwd_cpu(
+    q: Tensor, k: Tensor, queue: Tensor | None, temperature: float, normalize: bool
+) -> tuple[Tensor, Tensor]:
+    u_q, u_k = _unit(q, normalize), _unit(k, normalize)
+    if queue is None:  # in-batch negatives: the positive is the diagonal
+        row_loss, lse = _cpu_forward(u_q, u_k, None, temperature)
+        return row_loss.mean(), lse
+    # With a queue the positive is one extra logit per row, outside the columns.
+    l_pos = ((u_q * u_k).sum(dim=1) / temperature).contiguous()
+    row_loss, lse = _cpu_forward(
+        u_q, _unit(queue, normalize), l_pos, temperature, pos_in_cols=False
+    )
+    return row_loss.mean(), lse
+
+
+def _info_nce_bwd_cpu(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor | None,
+    temperature: float,
+    normalize: bool,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor]:
+    u_q, u_k = _unit(q, normalize), _unit(k, normalize)
+    if queue is None:
+        grad_u_q, grad_u_k = _cpu_backward(grad, u_q, u_k, lse, temperature, want_v=True)
+    else:  # the queue's columns (no gradient for the queue), then the positive's share
+        grad_u_q, _ = _cpu_backward(
+            grad, u_q, _unit(queue, normalize), lse, temperature, want_v=False, pos_in_cols=False
+        )
+        l_pos = (u_q * u_k).sum(dim=1, keepdim=True) / temperature
+        d_pos = (torch.exp(l_pos - lse.to(u_q.dtype)[:, None]) - 1) * (
+            grad.to(u_q.dtype) / (q.shape[0] * temperature)
+        )
+        grad_u_q += d_pos * u_k
+        grad_u_k = d_pos * u_q
+    grad_q = _normalize_bwd_into(q, u_q, grad_u_q, normalize).to(q.dtype)
+    grad_k = _normalize_bwd_into(k, u_k, grad_u_k, normalize).to(k.dtype)
+    return grad_q, grad_k
+
+
 @dataclass(frozen=True)
 class ContrastiveBackend:
     """One backend's kernels: forward -> (loss, per-row lse); backward -> input grads.
@@ -570,11 +759,25 @@ TRITON = ContrastiveBackend(
     _info_nce_bwd_triton,
 )
 
-# backend name -> kernels; issue #6 adds "cpu" next.
+CPU = ContrastiveBackend(
+    _nt_xent_fwd_cpu,
+    _nt_xent_bwd_cpu,
+    _info_nce_fwd_cpu,
+    _info_nce_bwd_cpu,
+)
+
+# backend name -> kernels. "cpu" is left out when radengine._cpu predates its kernels (a
+# stale build); a missing radengine._cpu is reported by the dispatcher instead.
 IMPLS: dict[str, ContrastiveBackend] = {"reference": REFERENCE, "triton": TRITON}
+if _cpu_kernel_missing() is None:
+    IMPLS["cpu"] = CPU
 
 
 def _select(device: torch.device, backend: str) -> ContrastiveBackend:
+    if (backend or _dispatch.requested_backend()) == "cpu" and (why := _cpu_kernel_missing()):
+        raise _dispatch.BackendUnavailableError(
+            f"contrastive_loss: backend 'cpu' requested but {why}"
+        )
     return _dispatch.select("contrastive_loss", IMPLS, device, backend or None)[1]  # type: ignore[arg-type]
 
 
