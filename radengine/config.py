@@ -284,20 +284,23 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown(key: str, cls: type, where: str) -> ConfigError:
+def _unknown(key: str, cls: type, where: str, root: type) -> ConfigError:
+    """An unknown key under ``cls`` (at ``where`` in the ``root`` config), with the closest
+    known key: a sibling, else the same leaf under another parent, else any dotted key."""
     known = [f.name for f in dataclasses.fields(cls)]
     full = f"{where}{key}"
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    if not close:  # maybe the user gave a leaf name under the wrong parent
-        dotted = _all_keys(PretrainConfig)
-        close = difflib.get_close_matches(full, dotted, n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-    else:
+    if close:
         hint = f"; did you mean '{where}{close[0]}'?"
+    else:  # maybe the user gave a leaf name under the wrong parent
+        dotted = _all_keys(root)
+        close = [k for k in dotted if k.rsplit(".", 1)[-1] == key]
+        close = close or difflib.get_close_matches(full, dotted, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"unknown config key '{full}'{hint}")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, root: type) -> Any:
     """Check ``value`` against the annotation ``tp`` (ints widen to floats)."""
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -311,7 +314,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, key)
+                return _coerce(value, a, key, root)
             except ConfigError as exc:
                 errors.append(exc)
         raise errors[0]
@@ -320,12 +323,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, key + ".")
+        return _build(tp, value, key + ".", root)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item, f"{key}[{i}]", root) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
@@ -349,14 +352,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # pragma: no cover
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
+def _build(cls: type, data: Mapping[str, Any], where: str, root: type) -> Any:
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise _unknown(str(key), cls, where)
-        kwargs[key] = _coerce(value, hints[key], where + key)
+            raise _unknown(str(key), cls, where, root)
+        kwargs[key] = _coerce(value, hints[key], where + key, root)
     return cls(**kwargs)
 
 
@@ -379,7 +382,7 @@ def config_from_dict(data: Mapping[str, Any], cls: type | None = None) -> Pretra
     """Build and validate a config from (partial) nested dicts over the defaults."""
     cls = cls or PretrainConfig
     merged = _merge(to_dict(cls()), data)
-    cfg = _build(cls, merged)
+    cfg = _build(cls, merged, "", cls)
     return cfg.validate() if hasattr(cfg, "validate") else cfg
 
 

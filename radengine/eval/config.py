@@ -11,15 +11,13 @@ unknown keys are rejected here against the *evaluation* schema, naming the close
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from radengine import config as base_config
-from radengine.config import ConfigError
+from radengine.config import ConfigError, _check
 
 __all__ = [
     "EVAL_AUGMENT_PRESETS",
@@ -295,34 +293,8 @@ class EvalConfig:
         return self
 
 
-def _check(ok: bool, key: str, what: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}' {what}")
-
-
-def _check_keys(data: Mapping[str, Any], cls: type, where: str = "") -> None:
-    """Reject unknown keys against the eval schema, suggesting the closest known key."""
-    hints = base_config._hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            if close:
-                hint = f"; did you mean '{where}{close[0]}'?"
-            else:
-                dotted = base_config._all_keys(EvalConfig)
-                leaf = [k for k in dotted if k.rsplit(".", 1)[-1] == key]  # wrong parent
-                close = leaf or difflib.get_close_matches(f"{where}{key}", dotted, n=1, cutoff=0.6)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
-            _check_keys(value, tp, f"{where}{key}.")
-
-
 def config_from_dict(data: Mapping[str, Any]) -> EvalConfig:
     """Build and validate an EvalConfig from (partial) nested dicts over the defaults."""
-    _check_keys(data, EvalConfig)
     return base_config.config_from_dict(data, EvalConfig)  # type: ignore[return-value]
 
 
