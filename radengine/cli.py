@@ -345,7 +345,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    return run_command(args.func, args)
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run one subcommand with the CLI's single error path.
+
+    Every expected failure (a :class:`radengine.errors.UserError`, or an OSError about the
+    user's files or machine: a missing path, no permission, a full or read-only disk) ends
+    as one ``error: ...`` line on stderr and exit 2, never a traceback. Anything else is a
+    bug in radengine and keeps its traceback.
+    """
+    from radengine.errors import UserError, describe_os_error, is_environment_os_error
+
+    try:
+        return func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not is_environment_os_error(exc):
+            raise
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

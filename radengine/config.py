@@ -24,6 +24,8 @@ from typing import Any, Union
 
 import yaml
 
+from radengine.errors import UserError
+
 __all__ = [
     "AugmentConfig",
     "ConfigError",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration key or value; the message names the key and what to do."""
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from radengine.data.store import Store, StoreError
+from radengine.errors import UserError
 from radengine.eval.features import ViewSpec
 
 __all__ = [
@@ -34,7 +35,7 @@ DEFAULT_SIZE = 224
 EXPERIMENT = "radengine-analysis"
 
 
-class AnalysisError(RuntimeError):
+class AnalysisError(UserError, RuntimeError):
     """Bad input to an analysis, with what to do."""
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from radengine.errors import UserError
+
 FORMAT = "radengine-store"
 VERSION = 1
 KINDS = ("ct", "images")
@@ -55,7 +57,7 @@ SPLITS = ("train", "val", "test")
 _SHARD_RE = re.compile(r"^(\d{6})\.json$")
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A store that is missing, malformed or corrupt; the message names the file."""
 
 

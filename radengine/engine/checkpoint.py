@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from radengine.data.store import atomic_write_bytes
+from radengine.errors import UserError
 
 __all__ = ["CheckpointError", "find", "latest", "load", "rng_state", "save", "set_rng_state"]
 
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 

@@ -43,6 +43,7 @@ from radengine.data.loader import StoreLoader
 from radengine.data.store import Store, StoreError, atomic_write_bytes
 from radengine.engine import checkpoint, distributed
 from radengine.engine.optim import LARS, WarmupCosine, param_groups, scaled_lr
+from radengine.errors import UserError
 
 __all__ = ["PretrainError", "PretrainResult", "pretrain"]
 
@@ -66,7 +67,7 @@ RESUME_FREE_KEYS = (
 STORE_KIND = {"ct": "ct", "natural": "images"}
 
 
-class PretrainError(RuntimeError):
+class PretrainError(UserError, RuntimeError):
     """A pretraining run that cannot start or continue; the message says what to do."""
 
 

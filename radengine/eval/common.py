@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from radengine.errors import UserError
+
 __all__ = [
     "EvalError",
     "amp_dtype",
@@ -21,7 +23,7 @@ __all__ = [
 ]
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """An evaluation that cannot run; the message says what is wrong and what to do."""
 
 

@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from radengine.errors import UserError
 from radengine.eval.stats import Comparison, Summary, compare, summarize
 
 __all__ = [
@@ -58,7 +59,7 @@ NO_RUNS_HINT = (
 )
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError, RuntimeError):
     """Bad input to the report (no runs, unknown baseline, ...), with what to do."""
 
 

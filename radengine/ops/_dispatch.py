@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from radengine import _native
+from radengine.errors import UserError
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -27,7 +28,7 @@ DEFAULT_ORDER: dict[str, tuple[str, ...]] = {
 }
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(UserError, RuntimeError):
     """A backend was requested by name but cannot run here."""
 
 
