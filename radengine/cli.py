@@ -1,13 +1,49 @@
 """The `radengine` command. Subcommands are verbs; each is a function taking the parsed
-arguments and returning an exit code."""
+arguments and returning an exit code, run through :func:`run_command`.
+
+Exit codes, the same for every subcommand:
+
+- 0: done.
+- 1: the command ran and its result is negative: ``store verify`` found problems.
+- 2: the command could not run: bad arguments or config, a missing or foreign store, a busy
+  port, an unwritable or full disk, an ingest whose every file was unusable... One ``error: ...`` line on stderr names the file, key
+  or option at fault and what to do; no traceback (a traceback means a bug in radengine).
+- 130: interrupted (Ctrl-C); ``ui`` returns 128 + the signal that stopped it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``); anything else is a
+    usage error naming the option (exit 2).
+
+    Args:
+        minimum: The smallest value allowed.
+        maximum: The largest value allowed (default: no limit).
+
+    Returns:
+        The type function for ``add_argument(type=...)``.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -23,6 +59,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     if args.domain == "ct" and args.dicom:
         from radengine.data.dicom_synth import available_variants, write_synthetic_dicom
+        from radengine.errors import UserError
+
+        if args.slices < 4:  # the 'mixed' variant splits a series in two
+            raise UserError(f"--slices {args.slices}: synthetic DICOM series need >= 4 slices")
 
         files = write_synthetic_dicom(
             Path(args.out), args.patients, args.slices, args.size, args.seed, available_variants()
@@ -62,13 +102,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from radengine.data import ingest
 
     common = dict(size=args.size, workers=args.workers, shard_slices=args.shard_slices)
-    try:
-        if args.kind == "ct":
-            summary = ingest.ingest_ct(args.src, args.out, secret=args.secret, **common)
-        else:
-            summary = ingest.ingest_images(args.src[0], args.out, **common)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if args.kind == "ct":
+        summary = ingest.ingest_ct(args.src, args.out, secret=args.secret, **common)
+    else:
+        summary = ingest.ingest_images(args.src[0], args.out, **common)
+    if summary.slices == 0:  # bad input, not a result: the one error path's exit 2
+        print(f"error: {summary.error}", file=sys.stderr)
         return 2
     print(
         f"ingested {summary.slices} {'slices' if args.kind == 'ct' else 'images'} "
@@ -82,20 +121,15 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             hint = summary.hints.get(reason)
             print(f"  {n:6d}  {reason}" + (f" (to fix: {hint})" if hint else ""))
         print(f"every skipped file and its reason: {summary.errors_file}")
-    if summary.slices == 0:
-        print("error: nothing could be ingested", file=sys.stderr)
-        return 1
     return 0
 
 
 def _cmd_store(args: argparse.Namespace) -> int:
-    from radengine.data.store import Store, StoreError
+    from radengine.data.store import Store
 
-    try:
-        store = Store(args.store)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    # inspect: an unfinished or empty store is reported on, not refused; a missing or
+    # foreign one is a StoreError (exit 2, run_command)
+    store = Store(args.store, inspect=True)
     if args.action == "info":
         info = store.info()
         if args.json:
@@ -128,9 +162,9 @@ def _cmd_store(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from radengine.config import ConfigError, load_pretrain_config
-    from radengine.engine.checkpoint import CheckpointError
-    from radengine.engine.trainer import PretrainError, pretrain
+    from radengine.config import load_pretrain_config
+    from radengine.engine.trainer import pretrain
+    from radengine.fmt import percent
 
     flags = []
     if args.domain:
@@ -145,12 +179,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         flags.append("tracking.enabled=false")
     elif args.tracking:
         flags.append(f"tracking.uri={args.tracking}")
-    try:
-        cfg = load_pretrain_config(args.config, [*flags, *args.overrides])
-        result = pretrain(cfg, resume=args.resume)
-    except (ConfigError, PretrainError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_pretrain_config(args.config, [*flags, *args.overrides])
+    result = pretrain(cfg, resume=args.resume)
     if not _is_main_rank():  # under torchrun, rank 0 speaks for the job
         return 0
     knn = result.knn
@@ -158,14 +188,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         "",
         f"pretraining {'stopped (' + result.stopped + ')' if result.stopped else 'finished'}: "
         f"{result.steps} steps, {result.epochs:.2f} epochs in {result.seconds / 60:.1f} min, "
-        f"{result.images_per_second:.1f} img/s, data wait {100 * result.data_wait:.1f}%",
-        f"  final loss     {result.loss:.4f}"
+        f"{result.images_per_second:.1f} img/s, data wait {percent(result.data_wait, 1)}",
+        f"  final loss     {result.loss:.4f} ({result.loss_label})"
         + (f" ({result.skipped_steps} non-finite steps skipped)" if result.skipped_steps else ""),
     ]
     if knn:
         lines.append(
-            f"  kNN monitor    {100 * knn[0][1]:.1f}% at step {knn[0][0]} -> "
-            f"{100 * knn[-1][1]:.1f}% at step {knn[-1][0]} (held-out labels)"
+            f"  kNN monitor    {percent(knn[0][1], 1)} at step {knn[0][0]} -> "
+            f"{percent(knn[-1][1], 1)} at step {knn[-1][0]} (held-out labels)"
         )
     lines.append(f"  run folder     {result.out} (config.yaml, checkpoints/, encoder.pt)")
     if result.checkpoint:
@@ -190,11 +220,9 @@ def _is_main_rank() -> bool:
 def _cmd_ui(args: argparse.Namespace) -> int:
     from radengine import tracking
 
-    try:
-        return tracking.run_ui(args.uri, host=args.host, port=args.port)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return tracking.run_ui(
+        args.uri, host=args.host, port=args.port, workers=args.workers, verbose=args.verbose
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -219,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     from radengine.data.builtin import CT_DEFAULTS, NATURAL_DEFAULTS
+    from radengine.data.synthetic import _MAX_SIZE, _MIN_SIZE, NATURAL_CLASSES
+
+    count, size = _int_at_least(1), _int_at_least(_MIN_SIZE, _MAX_SIZE)
 
     p = sub.add_parser(
         "synth", help="write a built-in synthetic dataset (CT or natural) as a store"
@@ -228,10 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
         "ct", help="procedural CT slices with body region, lesion and organ labels"
     )
     ct.add_argument("--out", required=True, help="store directory to write (resumable)")
-    ct.add_argument("--patients", type=int, default=CT_DEFAULTS["patients"])
-    ct.add_argument("--slices", type=int, default=CT_DEFAULTS["slices"], help="per series")
-    ct.add_argument("--size", type=int, default=CT_DEFAULTS["size"], help="pixels per side")
-    ct.add_argument("--seed", type=int, default=CT_DEFAULTS["seed"])
+    ct.add_argument("--patients", type=count, default=CT_DEFAULTS["patients"])
+    ct.add_argument("--slices", type=count, default=CT_DEFAULTS["slices"], help="per series")
+    ct.add_argument(
+        "--size",
+        type=size,
+        default=CT_DEFAULTS["size"],
+        help=f"pixels per side, {_MIN_SIZE} to {_MAX_SIZE}",
+    )
+    ct.add_argument("--seed", type=_int_at_least(0), default=CT_DEFAULTS["seed"])
     ct.add_argument(
         "--dicom",
         action="store_true",
@@ -240,10 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nat = synth.add_parser("natural", help="synthetic natural-image proxy (NOT ImageNet)")
     nat.add_argument("--out", required=True, help="store directory to write (resumable)")
-    nat.add_argument("--images", type=int, default=NATURAL_DEFAULTS["images"])
-    nat.add_argument("--classes", type=int, default=NATURAL_DEFAULTS["classes"])
-    nat.add_argument("--size", type=int, default=NATURAL_DEFAULTS["size"], help="pixels per side")
-    nat.add_argument("--seed", type=int, default=NATURAL_DEFAULTS["seed"])
+    nat.add_argument("--images", type=count, default=NATURAL_DEFAULTS["images"])
+    nat.add_argument(
+        "--classes",
+        type=_int_at_least(2, len(NATURAL_CLASSES)),
+        default=NATURAL_DEFAULTS["classes"],
+        help=f"2 to {len(NATURAL_CLASSES)}",
+    )
+    nat.add_argument(
+        "--size",
+        type=size,
+        default=NATURAL_DEFAULTS["size"],
+        help=f"pixels per side, {_MIN_SIZE} to {_MAX_SIZE}",
+    )
+    nat.add_argument("--seed", type=_int_at_least(0), default=NATURAL_DEFAULTS["seed"])
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("ingest", help="turn a CT archive or an ImageFolder into a store")
@@ -261,11 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     iim.add_argument("src", nargs=1, help="the ImageFolder root")
     for q, size in ((ict, 256), (iim, 224)):
         q.add_argument("--out", required=True, help="store directory (an unfinished one resumes)")
-        q.add_argument("--size", type=int, default=size, help=f"pixels per side (default {size})")
-        q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+        q.add_argument(
+            "--size",
+            type=_int_at_least(8),
+            default=size,
+            help=f"pixels per side, >= 8 (default {size})",
+        )
+        q.add_argument(
+            "--workers", type=_int_at_least(1), default=None, help="processes (default: all cores)"
+        )
         q.add_argument(
             "--shard-slices",
-            type=int,
+            type=_int_at_least(1),
             default=None,
             help="slices per shard (default: 1/64 of the input, 64 to 1024)",
         )
@@ -320,15 +373,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_analysis_parsers(sub)  # report, analyze cka|domain|embed
 
-    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the tracking store")
-    p.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p = sub.add_parser(
+        "ui",
+        help="the MLflow UI on 127.0.0.1 for the tracking store",
+        description="Serve the MLflow UI for the tracking store in the foreground and print "
+        "the URL to open. Ctrl-C (or SIGTERM/SIGHUP) stops the server. A port in use is an "
+        "error that suggests a free one.",
+    )
+    p.add_argument(
+        "--uri",
+        metavar="URI",
+        help="tracking URI to show (default: MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+        "interface, i.e. anyone on the network)",
+    )
+    p.add_argument(
+        "--port", type=int, default=5000, metavar="N", help="TCP port to listen on (default 5000)"
+    )
+    p.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="server worker processes (default 1, plenty for one person)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show all of the server's output (start-up logs and warnings included)",
+    )
     p.set_defaults(func=_cmd_ui)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``radengine`` command.
+
+    Args:
+        argv: The arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code (see the module docs). A usage error exits 2 from argparse.
+    """
     parser = build_parser()
     # key=value overrides may come before or after pretrain's options
     args, extra = parser.parse_known_args(argv)
@@ -348,13 +438,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(args.func, args)
 
 
-def run_command(func, args: argparse.Namespace) -> int:
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run one subcommand with the CLI's single error path.
 
     Every expected failure (a :class:`radengine.errors.UserError`, or an OSError about the
     user's files or machine: a missing path, no permission, a full or read-only disk) ends
     as one ``error: ...`` line on stderr and exit 2, never a traceback. Anything else is a
     bug in radengine and keeps its traceback.
+
+    Args:
+        func: The subcommand.
+        args: Its parsed arguments.
+
+    Returns:
+        The subcommand's exit code; 2 for an expected failure; 130 for Ctrl-C.
     """
     from radengine.errors import UserError, describe_os_error, is_environment_os_error
 

@@ -43,16 +43,52 @@ _ADVICE = {
     errno.ENOSPC: "free space there or choose another folder, then rerun (finished work is kept)",
     errno.EDQUOT: "free space there or choose another folder, then rerun (finished work is kept)",
     errno.EMFILE: "raise the open-file limit (ulimit -n)",
+    errno.ENOTDIR: "check the path: a part of it is a file",
+    errno.EADDRINUSE: "choose another port, or stop what uses it",
 }
 
 
+# OSError subclasses that name an environment problem by their type alone, raised by code
+# (``raise FileNotFoundError("...: no such file")``) without an errno.
+_ENV_TYPES = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
+
+
 def is_environment_os_error(exc: BaseException) -> bool:
-    """True for an OSError about the user's files or machine (missing path, no space...)."""
-    return isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS
+    """Whether ``exc`` is an OSError about the user's files or machine.
+
+    Args:
+        exc: Any exception.
+
+    Returns:
+        True for an OSError whose errno is one of the environment errnos (missing path, no
+        permission, no space, read-only disk, address in use...), or for a
+        FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError or
+        FileExistsError raised by code with only a message.
+    """
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno is None:
+        return isinstance(exc, _ENV_TYPES)
+    return exc.errno in _ENV_ERRNOS
 
 
 def describe_os_error(exc: OSError) -> str:
-    """One line naming the path, what went wrong and what to do."""
+    """One line naming the path, what went wrong and what to do.
+
+    Args:
+        exc: An OSError for which :func:`is_environment_os_error` is true.
+
+    Returns:
+        ``PATH: what (advice)``; for an OSError raised with only a message, the message.
+    """
+    if exc.errno is None and exc.filename is None:
+        return str(exc)
     what = _ENV_ERRNOS.get(exc.errno or 0) or (exc.strerror or type(exc).__name__)
     paths = [os.fspath(p) for p in (exc.filename, exc.filename2) if p is not None]
     where = " -> ".join(paths)

@@ -27,7 +27,10 @@ MLflow-specific choices (checked against MLflow 3.17):
   (``runs:/<run_id>/<name>`` no longer resolves to a model in MLflow 3). With an input
   example the model is saved as a ``torch.export`` program ("pt2", MLflow 3's default, which
   loads without unpickling); without one, or if export fails, it is pickled, and loading it
-  then needs ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true`` (see :func:`load_model`).
+  then needs ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true`` (see :func:`load_model`). The
+  model carries (shows on its page) the run's metrics logged at the ``step`` passed to
+  ``log_model`` (MLflow links those at logging time; its default, step 0, would show the
+  values from before training), and is saved with contiguous weights.
 - System metrics (CPU, memory, disk, network, GPU) are sampled by MLflow's own monitor
   thread when psutil is importable; otherwise they are silently skipped.
 """
@@ -43,13 +46,14 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from radengine.errors import UserError
 
 if TYPE_CHECKING:
     import numpy
@@ -106,18 +110,23 @@ def mlflow_available() -> bool:
     return importlib.util.find_spec("mlflow") is not None
 
 
+class TrackingError(UserError, ValueError, RuntimeError):
+    """A tracking store or run that cannot be used (mlflow missing, a run that cannot be
+    resumed, a deleted experiment); the message says what to do."""
+
+
 def require_mlflow() -> ModuleType:
     """Import and return mlflow.
 
     Raises:
-        RuntimeError: mlflow is not installed; the message gives the install command.
+        TrackingError: mlflow is not installed; the message gives the install command.
     """
     # Runs often live on hospital networks: no usage telemetry unless the user asks for it.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         import mlflow
     except ImportError as e:
-        raise RuntimeError(
+        raise TrackingError(
             f"MLflow tracking needs mlflow, which is not installed: {INSTALL_HINT}; "
             "or run without tracking (--tracking none)."
         ) from e
@@ -351,16 +360,16 @@ class Tracker:
                 try:
                     run = client.get_run(run_id)
                 except MlflowException as e:
-                    raise ValueError(
+                    raise TrackingError(
                         f"cannot resume MLflow run {run_id!r} on {self.uri}: {e}"
                     ) from e
                 if run.info.lifecycle_stage == "deleted":
-                    raise ValueError(f"cannot resume MLflow run {run_id!r}: it is deleted")
+                    raise TrackingError(f"cannot resume MLflow run {run_id!r}: it is deleted")
                 logged = run.data.params
                 changed = [k for k, v in flat.items() if k in logged and logged[k] != v]
                 if changed:
                     detail = "; ".join(f"{k!r}: {logged[k]!r} -> {flat[k]!r}" for k in changed)
-                    raise ValueError(
+                    raise TrackingError(
                         f"cannot resume MLflow run {run_id}: param value(s) changed ({detail}). "
                         "MLflow params are write-once; resume with the same config or start "
                         "a new run."
@@ -391,7 +400,7 @@ class Tracker:
                 except MlflowException as e:
                     if "Changing param values is not allowed" in str(e):
                         keys = ", ".join(p.key for p in batch)
-                        raise ValueError(
+                        raise TrackingError(
                             f"MLflow run {self.run_id}: a param among [{keys}] was already "
                             f"logged with another value (params are write-once): {e}"
                         ) from e
@@ -423,7 +432,7 @@ class Tracker:
                 if exp is None:
                     raise
         if exp.lifecycle_stage == "deleted":
-            raise ValueError(
+            raise TrackingError(
                 f"MLflow experiment {self.experiment!r} is deleted on {self.uri}; restore it "
                 "(mlflow experiments restore) or choose another experiment name"
             )
@@ -646,9 +655,16 @@ class Tracker:
         registered_name: str | None = None,
         input_example: numpy.ndarray | None = None,
         serialization_format: str | None = None,
+        step: int = 0,
     ) -> str | None:
-        """Log ``module`` as an MLflow model of this run (a deep copy, on CPU, in eval mode:
-        the caller's module is untouched; DDP and torch.compile wrappers are unwrapped).
+        """Log ``module`` as an MLflow model of this run (a deep copy, on CPU, in eval mode,
+        in the default contiguous memory format: the caller's module is untouched; DDP and
+        torch.compile wrappers are unwrapped).
+
+        MLflow 3 links to the new logged model the run's metrics logged at ``step`` (they are
+        the metrics its model page shows); buffered metrics are sent first, so log the values
+        that describe the model (final loss, final kNN accuracy) at ``step`` before calling
+        this.
 
         Args:
             module: the network, e.g. the pretrained encoder.
@@ -659,6 +675,7 @@ class Tracker:
                 "pt2" format.
             serialization_format: "pt2" (torch.export; needs ``input_example``) or "pickle";
                 None: pt2 when an example is given, falling back to pickle if export fails.
+            step: the step whose metrics the model carries (normally the run's last step).
 
         Returns:
             The model URI ``models:/<model_id>`` for :func:`load_model` or
@@ -676,7 +693,10 @@ class Tracker:
                 f"serialization_format must be pt2 or pickle, not {serialization_format!r}"
             )
         net = _unwrap(module)
-        net = copy.deepcopy(net).cpu().eval()
+        # Contiguous weights: a channels_last training copy has conv weights that do not
+        # span their storage, which the pt2 archive writer flags once per weight ("No
+        # complete tensor found in the group!") and which loaders would inherit.
+        net = copy.deepcopy(net).cpu().eval().to(memory_format=torch.contiguous_format)
         signature = None
         if input_example is not None:
             if isinstance(input_example, torch.Tensor):
@@ -692,10 +712,12 @@ class Tracker:
         if fmt == "pt2" and input_example is None:
             raise ValueError("serialization_format='pt2' needs an input_example")
 
+        self.flush()  # the metrics at ``step`` must be in the store to be linked
         run_params = self._client.get_run(self.run_id).data.params
+        step = int(step)
         with _global_uri(self.uri):
             try:
-                info = self._log_model(net, name, fmt, signature, input_example, run_params)
+                info = self._log_model(net, name, fmt, signature, input_example, run_params, step)
             except Exception as e:
                 if fmt != "pt2" or serialization_format == "pt2":
                     raise
@@ -703,13 +725,13 @@ class Tracker:
                 _log.warning(
                     "torch.export of %r failed (%s); logging it pickled instead", name, reason
                 )
-                info = self._log_model(net, name, "pickle", signature, None, run_params)
+                info = self._log_model(net, name, "pickle", signature, None, run_params, step)
             uri = info.model_uri
             if registered_name:
                 mlflow.register_model(uri, registered_name)
         return uri
 
-    def _log_model(self, net, name, fmt, signature, input_example, run_params) -> Any:
+    def _log_model(self, net, name, fmt, signature, input_example, run_params, step) -> Any:
         import mlflow.pytorch
         import torch
 
@@ -734,6 +756,7 @@ class Tracker:
                 pip_requirements=reqs,
                 run_id=self.run_id,
                 model_id=model.model_id,
+                step=step,
             )
         except Exception:
             with contextlib.suppress(Exception):
@@ -802,9 +825,24 @@ def load_model(model_uri: str, *, uri: str | None = None, allow_pickle: bool = F
 # --------------------------------------------------------------------------- UI
 
 
-def ui_command(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The argv of ``mlflow ui`` on the tracking store (``radengine ui``)."""
-    return [
+def ui_command(
+    uri: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int | None = None,
+) -> list[str]:
+    """The argv of ``mlflow ui`` on the tracking store (``radengine ui``).
+
+    Args:
+        uri: Tracking URI (default :func:`tracking_uri`).
+        host: Host to bind.
+        port: Port to listen on.
+        workers: Server worker processes (default: MLflow's, 4).
+
+    Returns:
+        The command line.
+    """
+    argv = [
         sys.executable,
         "-m",
         "mlflow",
@@ -816,30 +854,57 @@ def ui_command(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000
         "--port",
         str(port),
     ]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    return argv
 
 
-def run_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Run the MLflow UI in the foreground until it exits (Ctrl-C stops it).
+# The server's environment unless the user set these: no usage telemetry (runs often live on
+# hospital networks), and no MLflow job execution (GenAI jobs: 7 more processes and a slower
+# start, for nothing a viewer of runs needs).
+_UI_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def run_ui(
+    uri: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    *,
+    workers: int | None = 1,
+    verbose: bool = False,
+) -> int:
+    """Serve the MLflow UI on the tracking store in the foreground until it is stopped.
+
+    The port is checked first; the URL to open is printed once the server answers; Ctrl-C,
+    SIGTERM or SIGHUP stop the server (all its processes) before this returns. See
+    :mod:`radengine.ui`.
+
+    Args:
+        uri: Tracking URI (default :func:`tracking_uri`).
+        host: Host to bind (127.0.0.1: this machine only).
+        port: Port to listen on.
+        workers: Server worker processes (1 is plenty for one person; None: MLflow's 4).
+        verbose: Show all of the server's output (start-up logs and warnings included).
 
     Returns:
-        Its exit code (130 when interrupted).
+        0 when the server stops by itself, 128 + the signal number when stopped by one
+        (130 for Ctrl-C, 143 for SIGTERM).
 
     Raises:
-        RuntimeError: mlflow is not installed.
+        radengine.ui.UiError: mlflow is not installed, the port is in use (the message
+            suggests a free one) or the server failed to start.
     """
+    from radengine import ui
+
     if not mlflow_available():
-        raise RuntimeError(f"the MLflow UI needs mlflow, which is not installed: {INSTALL_HINT}")
-    proc = subprocess.Popen(ui_command(uri, host, port))
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        # The server got the SIGINT too; give it a moment to shut down cleanly.
-        try:
-            proc.wait(timeout=10)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            proc.kill()
-            proc.wait()
-        return 130
+        raise ui.UiError(f"the MLflow UI needs mlflow, which is not installed: {INSTALL_HINT}")
+    return ui.serve(
+        ui_command(uri, host, port, workers),
+        host,
+        port,
+        verbose=verbose,
+        env_defaults=_UI_ENV,
+    )
 
 
 __all__ = [

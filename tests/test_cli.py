@@ -54,3 +54,32 @@ def test_console_entry_point():
         [sys.executable, "-m", "radengine.cli", "info"], capture_output=True, text=True, check=True
     )
     assert "op backends" in out.stdout
+
+
+def test_percent_is_the_one_format_for_people():
+    from radengine.fmt import percent
+
+    assert percent(0.8854) == "88.54%"
+    assert percent(1.0) == "100.00%"
+    assert percent(0.123456, 1) == "12.3%"
+    assert [percent(v) for v in (None, float("nan"), float("inf"))] == ["n/a"] * 3
+
+
+def test_eval_prints_metrics_in_percent(tmp_path, capsys, monkeypatch):
+    """People read percent (MLflow and results.json keep fractions); ~15 s on 2 cores."""
+    import re
+
+    from radengine.data.builtin import write_synthetic_ct_store
+
+    monkeypatch.chdir(tmp_path)
+    store = write_synthetic_ct_store(tmp_path / "ct", patients=10, slices=2, size=32).path
+    argv = ["eval", "knn", "--tracking", "none", "--init", "scratch", "--data", str(store)]
+    assert main([*argv, "--seeds", "0,1", "--out", str(tmp_path / "e")]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"seed 0 .*test/accuracy \d{1,3}\.\d\d%", captured.out), captured.out
+    assert re.search(r"over 2 seeds: \d{1,3}\.\d\d% \+- \d{1,3}\.\d\d%", captured.out)
+    assert re.search(r"seed 1: test accuracy \d{1,3}\.\d\d%, val \d{1,3}\.\d\d%", captured.err)
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    accuracy = results["seeds"][0]["test"]["accuracy"]
+    assert 0.0 <= accuracy <= 1.0  # results.json (like MLflow) keeps fractions
+    assert f"test/accuracy {100 * accuracy:.2f}%" in captured.out

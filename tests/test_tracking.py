@@ -350,6 +350,48 @@ def test_log_model_load_and_register(store, monkeypatch):
     assert os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION") is None
 
 
+def test_log_model_carries_the_metrics_of_its_step(store):
+    # MLflow 3 links the run's metrics at the model's step to the logged model (its model
+    # page): the final values, not the ones from before training (step 0).
+    import numpy as np
+
+    with Tracker(store, flush_every=3600) as tr:  # metrics still buffered at log_model
+        tr.start()
+        tr.log_metrics({"knn/accuracy": 0.25, "train/loss": 5.0}, step=0)
+        tr.log_metrics({"knn/accuracy": 0.75, "train/loss": 3.5}, step=12)
+        uri = tr.log_model(
+            _tiny_net(), name="encoder", input_example=np.zeros((2, 1, 8, 8), np.float32), step=12
+        )
+    model = _client(store).get_logged_model(uri.split("/")[-1])
+    assert sorted((m.key, m.step, m.value) for m in model.metrics) == [
+        ("knn/accuracy", 12, 0.75),
+        ("train/loss", 12, 3.5),
+    ]
+
+
+def test_log_model_of_a_channels_last_module_warns_nothing(store, recwarn):
+    # torch.export's archive writer warned "No complete tensor found in the group!" once per
+    # conv weight of a channels_last module (weights that do not span their storage).
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.Flatten()
+    ).to(memory_format=torch.channels_last)
+    assert not net[0].weight.is_contiguous()
+    example = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+    with Tracker(store) as tr:
+        tr.start()
+        uri = tr.log_model(net, name="encoder", input_example=example)
+    assert not [w for w in recwarn if "complete tensor" in str(w.message)]
+    assert not net[0].weight.is_contiguous()  # the caller's module is untouched
+    loaded = tracking.load_model(uri, uri=store)
+    x = torch.from_numpy(example)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net.eval()(x))
+
+
 class _Branchy:
     """Built lazily (torch is imported inside the tests): a module whose forward branches on
     a tensor value in Python, which torch.export cannot trace."""

@@ -4,7 +4,8 @@ by radengine.cli). Building the parsers imports neither torch nor mlflow."""
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["add_parsers"]
 
@@ -17,24 +18,20 @@ def _tracking(value: str | None) -> tuple[str | None, bool]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from radengine.eval.report import ReportError, make_report
+    from radengine.eval.report import make_report
 
     uri, enabled = _tracking(args.tracking)
-    try:
-        res = make_report(
-            uri=uri,
-            tracking_enabled=enabled,
-            study=args.study,
-            experiments=args.experiment,
-            baseline=args.baseline,
-            metrics=args.metric,
-            out=args.out,
-            results_dir=args.results,
-            report_experiment=args.report_experiment,
-        )
-    except (ReportError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    res = make_report(
+        uri=uri,
+        tracking_enabled=enabled,
+        study=args.study,
+        experiments=args.experiment,
+        baseline=args.baseline,
+        metrics=args.metric,
+        out=args.out,
+        results_dir=args.results,
+        report_experiment=args.report_experiment,
+    )
     print(res.text, end="")
     print(f"\nwrote {', '.join(p.name for p in res.files.values())} to {res.out}")
     if res.run_id:
@@ -55,14 +52,10 @@ def _common(args: argparse.Namespace) -> dict:
     )
 
 
-def _run_analysis(fn, args: argparse.Namespace) -> int:
-    from radengine.analysis.common import AnalysisError
-
-    try:
-        res = fn(args)
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _run_analysis(fn: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run one analysis (its errors go through radengine.cli.run_command) and say where its
+    outputs are."""
+    res = fn(args)
     print(f"wrote {res.out}" + (f"; MLflow run {res.run_id}" if res.run_id else ""))
     return 0
 
@@ -97,6 +90,7 @@ def _cmd_cka(args: argparse.Namespace) -> int:
 def _cmd_domain(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace):
         from radengine.analysis.run import run_domain
+        from radengine.fmt import percent
 
         res = run_domain(
             args.init,
@@ -106,11 +100,12 @@ def _cmd_domain(args: argparse.Namespace) -> int:
             test_fraction=args.test_fraction,
             **_common(args),
         )
-        print(f"CT vs natural linear probe, held-out accuracy (chance {res.chance:.3f}):")
+        print(f"CT vs natural linear probe, held-out accuracy (chance {percent(res.chance)}):")
         for name in res.layers:
             r = res.results[name]
             print(
-                f"  {name:<8} test {r.test_accuracy:.4f}  train {r.train_accuracy:.4f}  "
+                f"  {name:<8} test {percent(r.test_accuracy):>7}  "
+                f"train {percent(r.train_accuracy):>7}  "
                 f"({r.num_train} train, {r.num_test} held out)"
             )
         return res

@@ -146,8 +146,10 @@ def builtin_store(domain: str, *, progress: bool = True, **params: int) -> Store
     path = cache_dir() / name
     with _locked(cache_dir() / f".{name}.lock"):
         if (path / "store.json").exists():
-            store = Store(path)
-            if store.finished:
+            # inspect: an unfinished cache (a build that was killed) is resumed below, not
+            # refused as a reader would refuse it.
+            store = Store(path, inspect=True)
+            if store.finished and len(store):
                 return store
         write = write_synthetic_ct_store if domain == "ct" else write_synthetic_natural_store
         return write(path, progress=progress, **p)

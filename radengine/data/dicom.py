@@ -91,12 +91,16 @@ __all__ = [
     "BODY_REGIONS",
     "CT_SOP_CLASSES",
     "DICOM_EXTRA_HINT",
+    "MAX_DECODED_BYTES",
     "SeriesData",
     "SeriesRef",
     "Skipped",
     "body_region",
+    "describe_error",
+    "is_fatal",
     "load_series",
     "scan_dicom",
+    "skipped_for",
 ]
 
 DICOM_EXTRA_HINT = "pip install 'radengine[dicom]'"
@@ -115,6 +119,10 @@ such as dose screens, raw data, reports) are skipped: they are not slices, and s
 show the patient's name burned into the pixels."""
 
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+MAX_DECODED_BYTES = 4 << 30
+"""Largest decoded pixel array accepted from one file (4 GiB: about 8000 slices of 512 x 512
+at 16 bits). Larger headers are taken as corrupt; see :func:`_check_decoded_size`."""
 
 # Tolerances: DS values carry at most 16 characters, so positions agree to well under a micron
 # when they are meant to be equal; orientation cosines are compared component-wise.
@@ -372,6 +380,75 @@ class _Unusable(Exception):
         self.hint = hint
 
 
+# Exceptions that stop the program on purpose (Ctrl-C, sys.exit, a closing generator): they
+# must cross every isolation boundary. Anything else raised while reading one file or series,
+# BaseException included (pyo3's PanicException from Rust-based codecs is one), is that input's
+# fault and is reported for it alone.
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True for exceptions that must never be turned into a skipped file (Ctrl-C, exit).
+
+    Args:
+        exc: The exception caught at an isolation boundary.
+
+    Returns:
+        Whether the boundary has to re-raise it.
+    """
+    return isinstance(exc, _FATAL)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One readable line for an exception: ``"Type: first line of the message"``.
+
+    Decoders raise exceptions with empty or multi-line messages (pydicom's run on with advice,
+    some codecs give none at all), so the type name is always there and only the first
+    non-empty line of the message follows it. OSErrors give their strerror (the file is named
+    by the entry the reason goes into).
+
+    Args:
+        exc: Any exception.
+
+    Returns:
+        ``"Type: message"``, or ``"Type"`` when the message is empty.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        try:
+            text = str(exc)
+        except Exception:  # a broken __str__ must not break the report either
+            text = ""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{name}: {first[:300]}" if first else name
+
+
+def skipped_for(path: str, exc: BaseException) -> Skipped:
+    """The :class:`Skipped` entry for a file whose reading raised ``exc``.
+
+    The one place that turns any failure while reading, decoding or converting a file into a
+    reason: an :class:`_Unusable` keeps its own reason and hint; an OSError (a file that
+    vanished or became unreadable during the ingest) reads "unreadable"; a MemoryError names
+    the size problem; anything else is corrupt data that crashed a parser or a decoder.
+
+    Args:
+        path: The file.
+        exc: What reading it raised (never a fatal one, see :func:`is_fatal`).
+
+    Returns:
+        The entry, with a reason whose text before the first ':' names the class of problem.
+    """
+    if isinstance(exc, _Unusable):
+        return Skipped(path, exc.reason, exc.hint)
+    if isinstance(exc, OSError):
+        return Skipped(path, f"unreadable: {describe_error(exc)}")
+    if isinstance(exc, MemoryError):
+        return Skipped(path, f"too large to decode in memory: {describe_error(exc)}")
+    return Skipped(path, f"corrupt DICOM: {describe_error(exc)}")
+
+
 def _import_pydicom() -> Any:
     try:
         import pydicom
@@ -395,34 +472,31 @@ def _sniff(path: str) -> bool:
 
 
 def _read(path: str, *, header_only: bool, specific_tags: list[str] | None = None) -> Dataset:
-    """Read a DICOM file; raise _Unusable with a clear reason when it is not one."""
+    """Read a DICOM file; _Unusable when it does not even start like one.
+
+    Every other failure (an OSError for a file that vanished, pydicom's many exception types
+    on corrupt data) propagates to the caller's per-file isolation boundary, which turns it
+    into a reason with :func:`skipped_for`.
+    """
     pydicom = _import_pydicom()
     from pydicom.errors import InvalidDicomError
 
-    try:
-        if not _sniff(path):
-            raise _Unusable("not a DICOM file (no 'DICM' marker and no DICOM data set)")
-    except OSError as exc:
-        raise _Unusable(f"unreadable: {exc.strerror or exc}") from exc
+    if not _sniff(path):  # an OSError (file gone, no permission) is the caller's to report
+        raise _Unusable("not a DICOM file (no 'DICM' marker and no DICOM data set)")
     # Malformed values in real archives make pydicom warn per file; the reasons that matter
     # are reported as Skipped instead of flooding the console.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # Any other failure (pydicom raises many kinds on corrupt data) propagates to the
+        # caller's per-file boundary, which words it with skipped_for.
         try:
-            try:
-                return pydicom.dcmread(
-                    path, stop_before_pixels=header_only, specific_tags=specific_tags
-                )
-            except InvalidDicomError:
-                return pydicom.dcmread(
-                    path, stop_before_pixels=header_only, specific_tags=specific_tags, force=True
-                )
-        except _Unusable:
-            raise
-        except OSError as exc:
-            raise _Unusable(f"unreadable: {exc.strerror or exc}") from exc
-        except Exception as exc:  # pydicom raises many kinds on corrupt data
-            raise _Unusable(f"corrupt DICOM: {type(exc).__name__}: {exc}") from exc
+            return pydicom.dcmread(
+                path, stop_before_pixels=header_only, specific_tags=specific_tags
+            )
+        except InvalidDicomError:
+            return pydicom.dcmread(
+                path, stop_before_pixels=header_only, specific_tags=specific_tags, force=True
+            )
 
 
 def _text(value: Any) -> str:
@@ -981,13 +1055,18 @@ def _scan_file(path: str, parts: Any = None) -> _Header | Skipped:
     if parts is not None:
         try:
             return _classify(path, _HeaderView(_read_raw_header(path, parts), parts))
-        except Exception:  # _Bail, or anything odd: the reference path decides
-            pass
+        except BaseException as exc:  # _Bail, or anything odd: the reference path decides
+            if is_fatal(exc):
+                raise
+    # The scan's per-file isolation boundary: whatever reading or judging this one header
+    # raises (a vanished file, a parser crash on corrupt bytes, an absurd length) skips this
+    # file with a reason, and the scan goes on.
     try:
-        ds = _read(path, header_only=True, specific_tags=_SCAN_TAGS)
-    except _Unusable as exc:
-        return Skipped(path, exc.reason, exc.hint)
-    return _classify(path, ds)
+        return _classify(path, _read(path, header_only=True, specific_tags=_SCAN_TAGS))
+    except BaseException as exc:
+        if is_fatal(exc):
+            raise
+        return skipped_for(path, exc)
 
 
 def _classify(path: str, ds: Any) -> _Header | Skipped:
@@ -1249,6 +1328,101 @@ def _transfer_syntax(ds: Dataset) -> Any:
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
+# JPEG family (baseline .. lossless, JPEG-LS) and JPEG 2000 family (incl. HTJ2K) syntaxes.
+_JPEG_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57"}
+    | {"1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+)
+_J2K_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92"}
+    | {"1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"}
+    | {"1.2.840.10008.1.2.4.203"}
+)
+# Start-of-frame markers: JPEG processes (not DHT, JPG, DAC) and JPEG-LS's SOF55.
+_SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC)}) | {
+    *range(0xCD, 0xD0),
+    0xF7,
+}
+
+
+def _jpeg_frame_header(frame: bytes) -> tuple[int, int, int, int] | None:
+    """(precision, rows, columns, components) from a JPEG / JPEG-LS frame header, or None."""
+    if frame[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(frame):
+        if frame[pos] != 0xFF:
+            return None
+        marker = frame[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(frame[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            if pos + 10 > len(frame):
+                return None
+            body = frame[pos + 4 : pos + 10]
+            return (
+                body[0],
+                int.from_bytes(body[1:3], "big"),
+                int.from_bytes(body[3:5], "big"),
+                body[5],
+            )
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def _j2k_frame_header(frame: bytes) -> tuple[int, int, int, int] | None:
+    """(precision, rows, columns, components) from a JPEG 2000 SIZ segment, or None."""
+    at = frame.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (a JP2 file has boxes before it)
+    if at < 0 or at + 43 > len(frame):
+        return None
+    siz = frame[at + 4 :]
+    x, y, x0, y0 = (int.from_bytes(siz[i : i + 4], "big") for i in (4, 8, 12, 16))
+    components = int.from_bytes(siz[36:38], "big")
+    precision = (siz[38] & 0x7F) + 1
+    return precision, y - y0, x - x0, components
+
+
+def _check_codestream(ds: Dataset, ts: str) -> None:
+    """Refuse compressed pixel data whose own frame header disagrees with the DICOM header.
+
+    Decoders trust Rows, Columns, SamplesPerPixel and BitsAllocated for the size of their
+    output buffer; GDCM aborts the whole process (a C++ assertion, no exception) when the
+    codestream says otherwise. So the first frame's header is compared first, and a
+    disagreement (or no frame header at all) is reported like any other corrupt file.
+    """
+    if ts not in _JPEG_SYNTAXES and ts not in _J2K_SYNTAXES:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=_frame_count(ds)))
+    except _Unusable:
+        raise
+    except Exception as exc:
+        raise _Unusable(f"corrupt compressed pixel data: {describe_error(exc)}") from exc
+    header = (_jpeg_frame_header if ts in _JPEG_SYNTAXES else _j2k_frame_header)(bytes(frame))
+    if header is None:
+        raise _Unusable("corrupt compressed pixel data: no frame header in the first frame")
+    precision, rows, cols, components = header
+    expected = (
+        int(ds.get("Rows") or 0),
+        int(ds.get("Columns") or 0),
+        int(ds.get("SamplesPerPixel") or 1),
+    )
+    bits = int(ds.get("BitsAllocated") or 0)
+    container = 8 if precision <= 8 else 16 if precision <= 16 else 32
+    if (rows, cols, components) != expected or bits != container:
+        raise _Unusable(
+            "pixel data disagree with the header: the codestream holds "
+            f"{rows} x {cols} x {components} sample(s) of {precision} bits, the header says "
+            f"{expected[0]} x {expected[1]} x {expected[2]} of {bits} bits allocated"
+        )
+
+
 def _decode(ds: Dataset) -> np.ndarray:
     """Stored pixel values as (frames, rows, cols); _Unusable with reason and hint on failure."""
     from pydicom.dataset import FileMetaDataset
@@ -1268,6 +1442,7 @@ def _decode(ds: Dataset) -> np.ndarray:
             f"cannot decode transfer syntax {name}: no decoder plugin installed",
             DICOM_EXTRA_HINT,
         )
+    _check_codestream(ds, str(ts))
     available = decoder.available_plugins
     plugins = [p for p in _PREFERRED_PLUGINS.get(str(ts), ()) if p in available]
     plugins.append("")  # "" = pydicom tries every available plugin in its own order
@@ -1278,21 +1453,27 @@ def _decode(ds: Dataset) -> np.ndarray:
                 warnings.simplefilter("ignore")
                 arr, _ = decoder.as_array(ds, decoding_plugin=plugin)
             break
-        except (KeyboardInterrupt, SystemExit):
-            raise
         # Any plugin failure: try the next one. BaseException, because Rust-based plugins
         # (pylibjpeg-rle) raise pyo3's PanicException on some corrupt data.
         except BaseException as exc:
+            if is_fatal(exc):
+                raise
             error = exc
     else:
+        if error is not None and is_fatal(error):
+            raise error
         # pydicom's messages run on with advice on group 0028; the first clause is the fact.
-        message = str(error).splitlines()[0].split(" - ")[0] if error else "unknown error"
+        # Some decoders raise with no message at all: describe_error then gives the type.
+        message = describe_error(error).split(" - ")[0] if error else "unknown error"
         if "less than expected" in message or "truncated" in message.lower():
             raise _Unusable(f"truncated pixel data: {message}") from error
         raise _Unusable(f"cannot decode pixel data ({name}): {message}") from error
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if arr.ndim != (3 if frames > 1 else 2):
-        raise _Unusable(f"unexpected pixel array shape {arr.shape} (not one sample per pixel)")
+    frames = _frame_count(ds)
+    if arr.ndim != (3 if frames > 1 else 2) or (arr.shape[0] != frames and frames > 1):
+        raise _Unusable(
+            f"unexpected pixel array shape {arr.shape} for {frames} frame(s) "
+            "(not one sample per pixel, or NumberOfFrames disagrees with the data)"
+        )
     return arr.reshape((frames, *arr.shape[-2:]))
 
 
@@ -1378,6 +1559,45 @@ def _modality_lut(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
 
 
+def _frame_count(ds: Dataset) -> int:
+    """NumberOfFrames as a count >= 1 (absent or empty: 1); _Unusable when it is no number."""
+    value = ds.get("NumberOfFrames")
+    try:
+        frames = int(value or 1)
+    except (TypeError, ValueError) as exc:
+        raise _Unusable(f"NumberOfFrames is not a number: {str(value)[:40]!r}") from exc
+    if frames < 1:
+        raise _Unusable(f"NumberOfFrames is {frames}")
+    return frames
+
+
+def _check_decoded_size(ds: Dataset) -> None:
+    """Refuse a header whose Rows x Columns x NumberOfFrames x BitsAllocated is absurd.
+
+    Decoders allocate the whole array from these values before they find that the data are
+    far shorter. With memory overcommit, a multi-terabyte allocation can even succeed and the
+    worker is killed later, by the kernel, where nothing can report it; so the size is
+    checked first, against :data:`MAX_DECODED_BYTES`.
+    """
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        bits = int(ds.get("BitsAllocated") or 16)
+    except (TypeError, ValueError) as exc:
+        raise _Unusable("Rows, Columns or BitsAllocated is not a number") from exc
+    if rows < 1 or cols < 1:
+        raise _Unusable(f"no image: Rows x Columns is {rows} x {cols}")
+    if bits not in (1, 8, 16, 32, 64):
+        raise _Unusable(f"BitsAllocated {bits} is not a pixel size (1, 8, 16, 32 or 64)")
+    frames = _frame_count(ds)
+    nbytes = rows * cols * frames * max(1, bits // 8)
+    if nbytes > MAX_DECODED_BYTES:
+        raise _Unusable(
+            f"image too large: {rows} x {cols} x {frames} frame(s) of {bits} bits is "
+            f"{nbytes / 2**30:.1f} GiB decoded (at most {MAX_DECODED_BYTES / 2**30:.0f} GiB "
+            "per file; a corrupt header?)"
+        )
+
+
 def _read_frames(path: str) -> list[_Frame]:
     """Decode one file into its candidate slices (HU and metadata)."""
     ds = _read(path, header_only=False)
@@ -1388,6 +1608,7 @@ def _read_frames(path: str) -> list[_Frame]:
     samples = int(ds.get("SamplesPerPixel") or 1)
     if samples != 1:
         raise _Unusable(f"{samples} samples per pixel (colour), not a CT slice")
+    _check_decoded_size(ds)
     stored = _decode(ds)
     count = stored.shape[0]
 
@@ -1470,8 +1691,9 @@ def _iop_key(iop: np.ndarray) -> tuple[float, ...]:
 def load_series(ref: SeriesRef, pseudo: Pseudonymizer) -> tuple[SeriesData | None, list[Skipped]]:
     """Decode one CT series to HU with its metadata.
 
-    Every file is read and decoded; unusable files (unreadable, no pixel data, no decoder for
-    the transfer syntax, truncated pixel data) and unusable slices (a size or orientation other
+    Every file is read and decoded; unusable files (unreadable, vanished, no pixel data, no
+    decoder for the transfer syntax, truncated or corrupt pixel data, anything a decoder
+    raises) and unusable slices (a size or orientation other
     than the series majority, a position already taken) are returned as :class:`Skipped`, and
     the rest of the series is loaded. See the module docstring for the HU conversion and the
     geometric ordering.
@@ -1506,12 +1728,17 @@ def _load_series(
             try:
                 frames.append(_fast_frame(path, parts))
                 continue
-            except Exception:  # _Bail, or anything odd: the reference path decides
-                pass
+            except BaseException as exc:  # _Bail, or anything odd: the reference path decides
+                if is_fatal(exc):
+                    raise
+        # The load's per-file isolation boundary: any failure to read, decode or convert this
+        # file (corrupt data crashing a codec, a vanished file, an absurd size) skips it alone.
         try:
             frames.extend(_read_frames(path))
-        except _Unusable as exc:
-            skipped.append(Skipped(path, exc.reason, exc.hint))
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
+            skipped.append(skipped_for(path, exc))
     if not frames:
         return None, skipped
 

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from radengine.data.nifti import Skipped
+from radengine.errors import UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ImageFolderError",
     "ImageReadError",
     "load_image",
     "resize_shorter_center_crop",
@@ -37,6 +39,11 @@ _LAYOUT = "expected root/<class name>/<image files> (one subfolder per class, Im
 
 #: A resize kernel: ``resize(img_uint8_hwc, out_h, out_w) -> uint8 (out_h, out_w, 3)``.
 ResizeFn = Callable[[np.ndarray, int, int], np.ndarray]
+
+
+class ImageFolderError(UserError, ValueError):
+    """A folder that is not in the ImageFolder layout (still a ValueError for callers that
+    catch that)."""
 
 
 class ImageReadError(Exception):
@@ -83,11 +90,11 @@ def scan_image_folder(
         its reason.
 
     Raises:
-        ValueError: ``root`` is not a directory or has no class subfolders.
+        ImageFolderError: ``root`` is not a directory or has no class subfolders.
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise ValueError(f"image folder {root!r} is not a directory; {_LAYOUT}")
+        raise ImageFolderError(f"image folder {root!r} is not a directory; {_LAYOUT}")
 
     skipped: list[Skipped] = []
     classes: list[str] = []
@@ -102,7 +109,7 @@ def scan_image_folder(
                     Skipped(entry.path, "file directly in the root, not in a class folder", _LAYOUT)
                 )
     if not classes:
-        raise ValueError(f"image folder {root!r} has no class subfolders; {_LAYOUT}")
+        raise ImageFolderError(f"image folder {root!r} has no class subfolders; {_LAYOUT}")
 
     samples: list[tuple[str, int]] = []
     for class_id, name in enumerate(classes):

@@ -8,6 +8,16 @@ exactly the missing ones: the result is byte-identical to an uninterrupted run.
 
 Paths of skipped files go to ``<STORE>.ingest/errors.jsonl`` beside the store, never into
 it (folder names of hospital archives can hold patient names).
+
+No single input can end an ingest. Failures are isolated once per file (the header scan,
+:func:`radengine.data.dicom.scan_dicom`; each file's decode in
+:func:`radengine.data.dicom.load_series`) and once per series or image (the shard workers
+here: loading, converting, resampling), whatever they raise: a decoder's exception with an
+empty message, a MemoryError, an OSError for a file that vanished. Each such input is a line
+in errors.jsonl with a reason. A native crash that kills a worker process (a codec's failed
+assertion) is caught one level up: the shard is redone in isolation, and only the input
+that crashes it is left out. An ingest that stores nothing leaves no store, only
+errors.jsonl and :attr:`IngestSummary.error`.
 """
 
 from __future__ import annotations
@@ -21,15 +31,37 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from radengine.data.store import ArraySpec, Store, StoreWriter, atomic_write_bytes, commit_shard
+from radengine.data.store import (
+    ArraySpec,
+    Store,
+    StoreWriter,
+    atomic_write_bytes,
+    commit_shard,
+    remove_temp_files,
+)
+from radengine.errors import UserError
 
 AIR_HU = -1024
+
+
+class SourceError(UserError, FileNotFoundError):
+    """A source (folder, file or @file list) that does not exist; found before anything is
+    written. Still a FileNotFoundError for callers that catch that."""
+
+
+class IngestError(UserError, ValueError):
+    """An ingest argument out of range; found before anything is written."""
+
+
+IMAGES_HINT = "for photos and other natural images use `radengine ingest images ROOT --out STORE`"
+"""What to do when a CT source holds image files (JPEG, PNG, ...) instead of DICOM/NIfTI."""
 
 
 @dataclass
@@ -56,6 +88,8 @@ class IngestSummary:
     shards_reused: int = 0
     seconds: float = 0.0
     errors_file: str | None = None
+    # Set when nothing could be stored (and so no store was left behind): why, and what to do.
+    error: str | None = None
 
     @property
     def slices_per_second(self) -> float:
@@ -124,7 +158,7 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
         if text.startswith("@"):
             listing = Path(text[1:])
             if not listing.is_file():
-                raise FileNotFoundError(f"{listing}: file list not found (from {text!r})")
+                raise SourceError(f"{listing}: file list not found (from {text!r})")
             for line in listing.read_text().splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
@@ -135,33 +169,84 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1, executor=None):
-    """Find DICOM series and NIfTI volumes under ``sources``: (units, skipped)."""
-    from radengine.data import dicom, nifti
+def checked_sources(sources: Sequence[str | Path]) -> list[Path]:
+    """:func:`expand_sources`, each of which must exist: checked before anything is created.
 
-    files, nifti_files, rel = [], [], {}
-    for src in expand_sources(sources):
+    Raises:
+        SourceError: A source or a file list is missing (the message names it).
+    """
+    out = expand_sources(sources)
+    if not out:
+        raise SourceError("no source given: name the folders or files to ingest")
+    for src in out:
         if not src.exists():
-            raise FileNotFoundError(f"{src}: no such file or directory")
-        found = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
-        for f in found:
+            raise SourceError(f"{src}: no such file or directory")
+    return out
+
+
+def _walk_files(src: Path, skipped: list) -> list[Path]:
+    """Files under ``src`` (or ``src`` itself), sorted. Folders that vanish or cannot be
+    listed while the walk runs (a busy folder such as /tmp) are skipped with a reason."""
+    from radengine.data.dicom import Skipped, describe_error
+
+    if not src.is_dir():
+        return [src]
+
+    def on_error(exc: OSError) -> None:
+        skipped.append(Skipped(str(exc.filename or src), f"unreadable: {describe_error(exc)}"))
+
+    found = []
+    # Symbolic links to folders are not followed (a link cycle cannot hang the walk).
+    for dirpath, dirnames, filenames in os.walk(src, onerror=on_error):
+        dirnames.sort()
+        found += [Path(dirpath) / name for name in filenames]
+    return sorted(found)
+
+
+def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1, executor=None):
+    """Find DICOM series and NIfTI volumes under ``sources``: (units, skipped).
+
+    No single file can stop the scan: each one that vanishes, cannot be read or crashes a
+    parser is a skipped entry with its reason.
+    """
+    from radengine.data import dicom, nifti
+    from radengine.data.images import IMAGE_EXTENSIONS
+
+    files, nifti_files, rel, skipped = [], [], {}, []
+    for src in checked_sources(sources):
+        for f in _walk_files(src, skipped):
             if f.name.lower().endswith((".nii", ".nii.gz")):
                 nifti_files.append(f)
                 # The volume's identity: its path under the source, so that <case>/ct.nii.gz
                 # layouts give one patient per case and moving the archive changes nothing.
-                rel[os.path.abspath(f)] = f.name if src.is_file() else str(f.relative_to(src))
+                rel[os.path.abspath(f)] = f.name if f == src else str(f.relative_to(src))
             else:
                 files.append(f)
-    refs, skipped = (
-        dicom.scan_dicom(files, pseudo, workers=workers, executor=executor) if files else ([], [])
-    )
+    if files:
+        refs, found = dicom.scan_dicom(files, pseudo, workers=workers, executor=executor)
+        for s in found:
+            # A JPEG or PNG in a CT source is a mix-up of commands, not a corrupt DICOM file.
+            if s.path.lower().endswith(IMAGE_EXTENSIONS) and s.reason.startswith("not a DICOM"):
+                s = dicom.Skipped(s.path, "an image file (JPEG, PNG, ...), not DICOM", IMAGES_HINT)
+            skipped.append(s)
+    else:
+        refs = []
     units = [Unit("dicom", f"d:{r.uid_key}", r.frames, r) for r in refs]
     volumes, nskipped = nifti.scan_nifti(nifti_files) if nifti_files else ([], [])
     skipped += nskipped
     for path in volumes:
         ident = rel.get(os.path.abspath(path), os.path.basename(path))
         key = pseudo.key("series", ident)
-        units.append(Unit("nifti", f"n:{key}", _nifti_depth(path), (path, ident)))
+        try:
+            depth = _nifti_depth(path)
+        except BaseException as exc:  # the file changed or broke since scan_nifti read it
+            if dicom.is_fatal(exc):
+                raise
+            skipped.append(
+                dicom.Skipped(path, f"unreadable NIfTI header: {dicom.describe_error(exc)}")
+            )
+            continue
+        units.append(Unit("nifti", f"n:{key}", depth, (path, ident)))
     return units, skipped
 
 
@@ -173,45 +258,83 @@ def _nifti_depth(path: str) -> int:
 
 
 def _ct_shard_worker(
-    store: str, specs: dict, shard: int, units: list[Unit], size: int, secret: bytes, errors: str
+    store: str,
+    specs: dict,
+    shard: int,
+    units: list[Unit],
+    size: int,
+    secret: bytes,
+    errors: str,
+    known_skipped: Sequence[dict] = (),
 ) -> tuple[int, int, int, list[dict]]:
+    """Load, resample and commit one CT shard; ``known_skipped`` are entries found before
+    (units that crashed a worker process) that go into the shard's errors file."""
     from radengine.data import dicom, nifti
     from radengine.data.privacy import Pseudonymizer
 
     pseudo = Pseudonymizer(secret)
-    images, columns, skipped, series = [], [], [], 0
+    images, columns, skipped, series = [], [], list(known_skipped), 0
     for unit in units:
-        if unit.kind == "dicom":
-            data, bad = dicom.load_series(unit.payload, pseudo)
-        else:
-            path, ident = unit.payload
-            data, bad = nifti.load_nifti(path, pseudo, identifier=ident)
+        # The per-series isolation boundary: whatever loading, converting or resampling one
+        # series raises (a codec crash, an absurd size, a file that vanished) skips that
+        # series, every file of it named in errors.jsonl, and the shard goes on.
+        try:
+            if unit.kind == "dicom":
+                data, bad = dicom.load_series(unit.payload, pseudo)
+            else:
+                path, ident = unit.payload
+                data, bad = nifti.load_nifti(path, pseudo, identifier=ident)
+            rows = None if data is None or len(data.hu) == 0 else _ct_rows(data, size)
+        except BaseException as exc:
+            if dicom.is_fatal(exc):
+                raise
+            bad, rows = _unit_failed(unit, "series could not be loaded", exc), None
         skipped += [asdict(s) for s in bad]
-        if data is None or len(data.hu) == 0:
-            continue
-        n = len(data.hu)
-        images.append(_resize_slices(_square(data.hu), size))
-        columns.append(
-            {
-                "label": np.full(n, data.region, dtype=np.int64),
-                "patient": np.full(n, data.patient),
-                "study": np.full(n, data.study),
-                "series": np.full(n, data.series),
-                "region": np.full(n, data.region, dtype=np.int8),
-                "lesion": np.full(n, -1, dtype=np.int8),
-                "slice_position": np.asarray(data.slice_position, dtype=np.float32),
-                "pixel_spacing": np.asarray(data.pixel_spacing, dtype=np.float32).reshape(n, 2),
-                "thickness": np.asarray(data.thickness, dtype=np.float32),
-                "kvp": np.asarray(data.kvp, dtype=np.float32),
-                "manufacturer": np.full(n, data.manufacturer or ""),
-            }
-        )
-        series += 1
+        if rows is not None:
+            images.append(rows[0])
+            columns.append(rows[1])
+            series += 1
     _write_shard_errors(Path(errors), skipped)
     arrays = {"image": np.concatenate(images) if images else np.empty((0, size, size), np.int16)}
     cols = _concat_columns(columns, CT_EMPTY)
     commit_shard(store, "ct", {k: ArraySpec(**v) for k, v in specs.items()}, shard, arrays, cols)
     return shard, len(arrays["image"]), series, skipped
+
+
+def _ct_rows(data, size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One loaded series as store rows: resampled slices and their index columns."""
+    n = len(data.hu)
+    image = _resize_slices(_square(data.hu), size)
+    columns = {
+        "label": np.full(n, data.region, dtype=np.int64),
+        "patient": np.full(n, data.patient),
+        "study": np.full(n, data.study),
+        "series": np.full(n, data.series),
+        "region": np.full(n, data.region, dtype=np.int8),
+        "lesion": np.full(n, -1, dtype=np.int8),
+        "slice_position": np.asarray(data.slice_position, dtype=np.float32),
+        "pixel_spacing": np.asarray(data.pixel_spacing, dtype=np.float32).reshape(n, 2),
+        "thickness": np.asarray(data.thickness, dtype=np.float32),
+        "kvp": np.asarray(data.kvp, dtype=np.float32),
+        "manufacturer": np.full(n, data.manufacturer or ""),
+    }
+    return image, columns
+
+
+def _unit_files(unit: Unit) -> list[str]:
+    """The input files of a unit (every file of a DICOM series)."""
+    if unit.kind == "dicom":
+        return list(unit.payload.files)
+    return [str(unit.payload[0])]
+
+
+def _unit_failed(unit: Unit, what: str, exc: BaseException) -> list:
+    """Skipped entries for every file of a unit that failed as a whole: each input file is
+    accounted for in errors.jsonl, with the failure as the reason."""
+    from radengine.data.dicom import Skipped, describe_error
+
+    reason = f"{what}: {describe_error(exc)}"
+    return [Skipped(path, reason) for path in _unit_files(unit)]
 
 
 CT_EMPTY = {
@@ -276,12 +399,20 @@ def ingest_ct(
         shard_slices: about how many slices per shard (default: :func:`default_shard_slices`).
         progress: show a progress bar.
     """
-    from radengine.data.privacy import Pseudonymizer, ensure_outside, load_or_create_secret
+    from radengine.data.privacy import (
+        Pseudonymizer,
+        ensure_outside,
+        load_or_create_secret,
+        secret_path,
+    )
 
     if size < 8:
-        raise ValueError(f"size must be >= 8 pixels, got {size}")
-    key, secret_path = load_or_create_secret(secret)
-    ensure_outside(secret_path, out)
+        raise IngestError(f"--size must be >= 8 pixels, got {size}")
+    # Every argument is checked before the secret is created: a typo in a source path must
+    # not leave a new secret behind (and keys that silently differ from a later one).
+    checked_sources(sources)
+    ensure_outside(secret_path(secret), out)
+    key, _ = load_or_create_secret(secret)
     pseudo = Pseudonymizer(key)
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
@@ -312,23 +443,40 @@ def _ingest_ct(sources, out, size, shard_slices, pool, workers, pseudo, key, pro
 
 
 def _image_shard_worker(
-    store: str, specs: dict, shard: int, units: list[Unit], size: int, root: str, errors: str
+    store: str,
+    specs: dict,
+    shard: int,
+    units: list[Unit],
+    size: int,
+    root: str,
+    errors: str,
+    known_skipped: Sequence[dict] = (),
 ) -> tuple[int, int, int, list[dict]]:
+    """Decode, resize and commit one shard of images; ``known_skipped`` as for CT."""
+    from radengine.data.dicom import is_fatal
     from radengine.data.images import ImageReadError, load_image, resize_shorter_center_crop
     from radengine.numpy_ops import resize_array
 
     def our_resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
         return resize_array(img[None], (h, w))[0]
 
-    images, labels, keys, skipped = [], [], [], []
+    images, labels, keys, skipped = [], [], [], list(known_skipped)
     for unit in units:
         path, label = unit.payload
+        # The per-image isolation boundary: decoding and resampling one file can fail in any
+        # way (load_image words the decoder's failures; anything else, e.g. a MemoryError
+        # while resampling, is worded here) without ending the shard.
         try:
-            img = load_image(path)
+            img = resize_shorter_center_crop(load_image(path), size, resize=our_resize)
         except ImageReadError as exc:
             skipped.append({"path": str(path), "reason": str(exc.reason), "hint": None})
             continue
-        images.append(resize_shorter_center_crop(img, size, resize=our_resize))
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
+            skipped += [asdict(s) for s in _unit_failed(unit, "cannot read image", exc)]
+            continue
+        images.append(img)
         labels.append(label)
         keys.append(unit.key)
     _write_shard_errors(Path(errors), skipped)
@@ -355,12 +503,12 @@ def ingest_images(
     from radengine.data.images import scan_image_folder
 
     if size < 8:
-        raise ValueError(f"size must be >= 8 pixels, got {size}")
+        raise IngestError(f"--size must be >= 8 pixels, got {size}")
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory (expected ROOT/<class>/<image>)")
+        raise SourceError(f"{root}: not a directory (expected ROOT/<class>/<image>)")
     with _worker_pool(workers) as pool:
         items, classes, skipped = scan_image_folder(root)
         units = []
@@ -388,6 +536,77 @@ def ingest_images(
 def _reason_class(reason: str) -> str:
     """Group reasons for the summary: the text before the first ':' or '(' (no paths)."""
     return reason.split(":")[0].split("(")[0].strip()[:60] or "unknown"
+
+
+_CRASH_REASON = "process crashed while reading: a native decoder aborted or memory ran out"
+
+
+def _in_fresh_process(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a new one-process pool; None if that process died."""
+    ctx = mp.get_context("spawn")  # as _worker_pool: OpenMP runtimes are not fork-safe
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(fn, *args, **kwargs).result()
+        except BrokenProcessPool:
+            return None
+
+
+def _run_isolated(worker_fn: Any, job: tuple) -> tuple[int, int, int, list[dict]]:
+    """Redo a shard whose worker process died, so that one input cannot end the ingest.
+
+    The shard runs again alone (the crash may have been another shard's, or memory pressure
+    from all workers together). If its process dies again, each unit is tried alone on a
+    scratch store; the units that kill their process are left out, every file of them in the
+    errors file with :data:`_CRASH_REASON`, and the shard is committed with the rest.
+
+    Args:
+        worker_fn: The shard worker.
+        job: Its arguments: ``(store, specs, shard, units, *args, errors)``.
+
+    Returns:
+        The worker's result for the shard.
+    """
+    import shutil
+    import tempfile
+
+    from radengine.data.dicom import Skipped
+
+    result = _in_fresh_process(worker_fn, *job)
+    if result is not None:
+        return result
+    store, specs, shard, units, *args, errors = job
+    survivors, crashed = [], []
+    for unit in units:
+        scratch = Path(tempfile.mkdtemp(prefix="radengine-probe-"))
+        try:
+            (scratch / "shards").mkdir()
+            probe = (str(scratch), specs, 0, [unit], *args, str(scratch / "errors.jsonl"))
+            if _in_fresh_process(worker_fn, *probe) is None:
+                crashed += [asdict(Skipped(path, _CRASH_REASON)) for path in _unit_files(unit)]
+            else:
+                survivors.append(unit)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    result = _in_fresh_process(
+        worker_fn, store, specs, shard, survivors, *args, errors, known_skipped=crashed
+    )
+    if result is None:  # no single unit crashes, yet the shard does: not an input's fault
+        raise RuntimeError(f"shard {shard}: its worker process keeps crashing")
+    return result
+
+
+def _nothing_ingested(summary: IngestSummary, store: Path) -> str:
+    """The message of an ingest that stored nothing: why, where the details are, what to do."""
+    if not summary.skipped:
+        return (
+            f"nothing could be ingested: the sources hold no files; no store was written at {store}"
+        )
+    reasons = "; ".join(f"{n} x {r}" for r, n in list(summary.skipped_by_reason.items())[:5])
+    hints = "".join(f"; to fix: {h}" for h in dict.fromkeys(summary.hints.values()))
+    return (
+        f"nothing could be ingested: all {summary.skipped} file(s) were skipped ({reasons}){hints}; "
+        f"every skipped file and its reason: {summary.errors_file}; no store was written at {store}"
+    )
 
 
 def _warm_worker() -> None:
@@ -419,6 +638,9 @@ def _run(writer, units, skipped, shard_slices, pool, progress, t0, worker_fn, ar
     done = writer.completed()
     wd = work_dir(writer.path)
     wd.mkdir(parents=True, exist_ok=True)
+    # A kill while an errors file was being written leaves its temporary file: a rerun ends
+    # with exactly the files of an uninterrupted run (the writer cleans the store itself).
+    remove_temp_files(wd)
     summary = IngestSummary(store=str(writer.path))
     todo = [i for i in range(len(plan)) if i not in done]
     summary.shards_reused = len(plan) - len(todo)
@@ -443,13 +665,23 @@ def _run(writer, units, skipped, shard_slices, pool, progress, t0, worker_fn, ar
             bar.update(sum(u.slices for u in plan[shard]))
             bar.set_postfix(shards=f"{summary.shards_written}/{len(todo)}")
 
-    if pool is None or len(todo) <= 1:
+    if pool is None:
         for job in jobs():
             account(worker_fn(*job))
     else:
-        futures = [pool.submit(worker_fn, *job) for job in jobs()]
+        futures = {pool.submit(worker_fn, *job): job for job in jobs()}
+        crashed = []
         for fut in as_completed(futures):
-            account(fut.result())
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                # A worker process died (a native decoder abort, the kernel's OOM killer):
+                # the pool is gone, with every shard still in it. Redo those in isolation.
+                crashed.append(futures[fut])
+                continue
+            account(result)
+        for job in sorted(crashed, key=lambda job: job[2]):
+            account(_run_isolated(worker_fn, job))
     if bar is not None:
         bar.close()
 
@@ -470,6 +702,13 @@ def _run(writer, units, skipped, shard_slices, pool, progress, t0, worker_fn, ar
     _write_errors(errors_file, all_skipped)
     summary.errors_file = str(errors_file)
 
+    if writer.count() == 0:
+        # A finished empty store would only fail later, in every command that reads it:
+        # leave none, and say why nothing could be stored.
+        writer.discard()
+        summary.seconds = time.perf_counter() - t0
+        summary.error = _nothing_ingested(summary, writer.path)
+        return summary
     store: Store = writer.finish()
     summary.slices = len(store)
     summary.series = len(np.unique(store.index["series"])) if len(store) else 0

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 # One shape for every CT reader: the types live with the DICOM reader.
-from radengine.data.dicom import SeriesData, Skipped
+from radengine.data.dicom import SeriesData, Skipped, describe_error
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -120,7 +120,7 @@ def scan_nifti(paths: Sequence[str | Path]) -> tuple[list[str], list[Skipped]]:
         try:
             nib.load(f)  # parses the header only; voxel data are read later by load_nifti
         except Exception as e:  # any parse failure is this file's problem only
-            skipped.append(Skipped(f, f"unreadable NIfTI header: {_describe(e)}"))
+            skipped.append(Skipped(f, f"unreadable NIfTI header: {describe_error(e)}"))
             continue
         files.append(f)
     return files, sorted(skipped, key=lambda s: s.path)
@@ -169,7 +169,7 @@ def load_nifti(
     try:
         img = nib.load(path)
     except Exception as e:  # a bad file is reported, never fatal to ingest
-        return skip(f"unreadable NIfTI header: {_describe(e)}")
+        return skip(f"unreadable NIfTI header: {describe_error(e)}")
 
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
@@ -199,7 +199,7 @@ def load_nifti(
     try:
         raw, slope, inter = _raw_and_scaling(img)
     except Exception as e:  # truncated gzip, short file, I/O error ...
-        return skip(f"cannot read voxel data: {_describe(e)}")
+        return skip(f"cannot read voxel data: {describe_error(e)}")
     if squeeze:
         raw = raw[..., 0]
 
@@ -212,7 +212,7 @@ def load_nifti(
     try:
         hu = _to_hu_slices(canon, slope, inter)
     except Exception as e:  # lazily read data (memmap, gzip) can fail here too
-        return skip(f"cannot read voxel data: {_describe(e)}")
+        return skip(f"cannot read voxel data: {describe_error(e)}")
 
     n = hu.shape[0]
     m = canon_affine[:3, :3]
@@ -286,8 +286,3 @@ def _import_nibabel() -> Any:
     except ImportError as e:
         raise ImportError(f"reading NIfTI needs nibabel: {_NIFTI_EXTRA}") from e
     return nibabel
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text and text[0] else type(e).__name__

@@ -28,15 +28,19 @@ import os
 import secrets
 from pathlib import Path
 
+from radengine.errors import UserError
+
 __all__ = [
     "KEY_HEX_CHARS",
     "MIN_SECRET_BYTES",
     "SECRET_ENV",
     "Pseudonymizer",
+    "SecretError",
     "default_secret_path",
     "ensure_outside",
     "load_or_create_secret",
     "read_secret",
+    "secret_path",
 ]
 
 SECRET_ENV = "RADENGINE_SECRET"
@@ -50,6 +54,11 @@ KEY_HEX_CHARS = 16
 about 3e-6, while index columns stay short."""
 
 _NEW_SECRET_BYTES = 32
+
+
+class SecretError(UserError, ValueError):
+    """A secret file that cannot be read, created or used (too short, inside the store).
+    Still a ValueError for callers that catch that."""
 
 
 class Pseudonymizer:
@@ -91,7 +100,7 @@ class Pseudonymizer:
             A :class:`Pseudonymizer` using that secret.
 
         Raises:
-            ValueError: If the file cannot be read or holds too short a secret.
+            SecretError: If the file cannot be read or holds too short a secret.
         """
         return cls(read_secret(Path(path)))
 
@@ -149,12 +158,12 @@ def read_secret(path: Path) -> bytes:
         The secret.
 
     Raises:
-        ValueError: If the file cannot be read or the secret is too short.
+        SecretError: If the file cannot be read or the secret is too short.
     """
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ValueError(
+        raise SecretError(
             f"cannot read the pseudonymisation secret {str(path)!r}: {exc.strerror or exc}; "
             f"fix its permissions, point ${SECRET_ENV} at a readable secret file, or remove "
             "the path to have a new secret generated (new keys will not match old ones)"
@@ -165,7 +174,7 @@ def read_secret(path: Path) -> bytes:
     except (UnicodeDecodeError, ValueError):
         secret = text
     if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(
+        raise SecretError(
             f"the pseudonymisation secret {str(path)!r} holds {len(secret)} bytes; at least "
             f'{MIN_SECRET_BYTES} are needed. Write a longer one (e.g. `python -c "import '
             f'secrets; print(secrets.token_hex(32))"`) or delete the file to have one generated'
@@ -211,8 +220,26 @@ def _write_new_secret(path: Path) -> None:
             os.close(dir_fd)
 
 
+def secret_path(path: Path | str | None = None) -> Path:
+    """The secret file :func:`load_or_create_secret` would use, without touching it.
+
+    Callers check everything else first (sources exist, the secret is outside the store)
+    with this path, so that a command that fails on its input never creates a secret.
+
+    Args:
+        path: The secret file; ``None`` means :func:`default_secret_path`.
+
+    Returns:
+        The path (which need not exist yet).
+    """
+    return Path(path).expanduser() if path is not None else default_secret_path()
+
+
 def load_or_create_secret(path: Path | str | None = None) -> tuple[bytes, Path]:
     """Load the pseudonymisation secret, creating it on first use.
+
+    Call it only once the command's inputs are known to be usable: a secret created by a
+    command that then fails on a typo in a path would be a surprise file in the user's home.
 
     Args:
         path: The secret file; ``None`` means :func:`default_secret_path`.
@@ -221,14 +248,14 @@ def load_or_create_secret(path: Path | str | None = None) -> tuple[bytes, Path]:
         ``(secret, path)``: the secret and the file it came from (or was written to).
 
     Raises:
-        ValueError: If the file exists but cannot be read or is too short, or cannot be created.
+        SecretError: If the file exists but cannot be read or is too short, or cannot be created.
     """
-    target = Path(path).expanduser() if path is not None else default_secret_path()
+    target = secret_path(path)
     if not target.exists():
         try:
             _write_new_secret(target)
         except OSError as exc:
-            raise ValueError(
+            raise SecretError(
                 f"cannot create the pseudonymisation secret {str(target)!r}: "
                 f"{exc.strerror or exc}; choose a writable location with --secret or "
                 f"${SECRET_ENV}"
@@ -247,12 +274,12 @@ def ensure_outside(secret_path: Path | str, store_path: Path | str) -> None:
         store_path: The store directory.
 
     Raises:
-        ValueError: If the secret is the store directory or anywhere below it.
+        SecretError: If the secret is the store directory or anywhere below it.
     """
     secret = Path(secret_path).expanduser().resolve()
     store = Path(store_path).expanduser().resolve()
     if secret == store or store in secret.parents:
-        raise ValueError(
+        raise SecretError(
             f"the pseudonymisation secret {str(secret)!r} lies inside the store "
             f"{str(store)!r}; keep it outside (e.g. the default ~/.config/radengine/secret, "
             f"or another path via --secret / ${SECRET_ENV}) so that the store can be shared"

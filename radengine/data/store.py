@@ -15,7 +15,10 @@ On-disk layout (format version 1)::
                               (rebuilt from the shards whenever it is missing or stale)
 
 Every file is written to a temporary name, fsynced and renamed, so a crash or a kill leaves
-either the whole shard or nothing; reopening a store deletes leftovers. Shards are
+either the whole shard or nothing; reopening a store for writing (and finishing it) deletes
+the leftovers, temporary files in the store root included, and :meth:`Store.verify` reports
+any it finds. A store without a single slice is never marked finished, and readers refuse
+unfinished and empty stores (:class:`Store`). Shards are
 memory-mappable (``numpy.memmap``) for random access, and whole-shard reads give sequential
 streaming. Index columns: ``shard``, ``offset`` (row in its shard), ``label``, ``patient``,
 ``study``, ``series`` (keyed hashes, never identifiers), plus kind-specific columns
@@ -26,6 +29,7 @@ Splits and subsets are by patient and deterministic from a seed (:meth:`Store.se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -55,6 +59,9 @@ CT_COLUMNS = (
 IMAGE_COLUMNS = ()
 SPLITS = ("train", "val", "test")
 _SHARD_RE = re.compile(r"^(\d{6})\.json$")
+# The temporary names atomic_write_bytes uses (".<name>.tmp-<pid>"): what a kill leaves.
+_TEMP_RE = re.compile(r"^\..+\.tmp-\d+$")
+_ROOT_FILES = frozenset({"store.json", "index.npz", "shards"})
 
 
 class StoreError(UserError, RuntimeError):
@@ -89,6 +96,36 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview, *, sync_dir: bool =
     os.replace(tmp, path)
     if sync_dir:
         _fsync_dir(path.parent)
+
+
+def is_temp_file(name: str) -> bool:
+    """True for a file name :func:`atomic_write_bytes` writes before its rename."""
+    return bool(_TEMP_RE.match(name))
+
+
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``directory`` (not below it).
+
+    Only names of :func:`atomic_write_bytes`'s pattern are touched, so a user's own files
+    next to a store are safe. Call it only where no other process is writing.
+
+    Args:
+        directory: A folder atomic files are written to (a store root, its shards/ folder,
+            an ingest's work folder); a missing folder has nothing to clean.
+
+    Returns:
+        The files deleted.
+    """
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except FileNotFoundError:
+        return removed
+    for f in entries:
+        if is_temp_file(f.name) and f.is_file():
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -181,13 +218,40 @@ class StoreWriter:
         self._clean_leftovers()
 
     def _clean_leftovers(self) -> None:
-        """Delete temporary files and shard files that have no manifest (a crash's work)."""
+        """Delete what a killed writer can leave: temporary files in the store root (of
+        store.json and index.npz, from a kill during :meth:`finish`) and in shards/, and
+        shard files that have no manifest (a shard in flight). Afterwards the store holds
+        exactly what an uninterrupted run would have written so far."""
+        remove_temp_files(self.path)
         shards = self.path / "shards"
         done = self.completed()
         for f in shards.iterdir():
             stem = f.name.split(".", 1)[0]
             if f.name.startswith(".") or not stem.isdigit() or int(stem) not in done:
                 f.unlink()
+
+    def count(self) -> int:
+        """Slices in the shards committed so far."""
+        return sum(m["count"] for m in _manifests(self.path))
+
+    def discard(self) -> None:
+        """Delete the store: every file a writer makes, then its folders if they are empty.
+
+        For an ingest that found nothing to store: a finished empty store would only fail
+        later, in every command that reads it. Files that are not the writer's stay.
+        """
+        shards = self.path / "shards"
+        if shards.is_dir():
+            for f in shards.iterdir():
+                if _SHARD_RE.match(f.name) or f.name[:6].isdigit() or is_temp_file(f.name):
+                    f.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: someone else's files
+                shards.rmdir()
+        remove_temp_files(self.path)
+        for name in ("index.npz", "store.json"):
+            (self.path / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
 
     def completed(self) -> set[int]:
         """Shard numbers already committed (their manifest exists)."""
@@ -205,10 +269,21 @@ class StoreWriter:
         return commit_shard(self.path, self.kind, self.arrays, shard, arrays, columns)
 
     def finish(self, extra_meta: Mapping[str, Any] | None = None) -> Store:
-        """Merge the shards' indexes into index.npz, mark the store finished, open it."""
+        """Merge the shards' indexes into index.npz, mark the store finished, open it.
+
+        Raises:
+            StoreError: If the shards hold no slice: an empty store is never marked
+                finished (every reader would refuse it), so the caller reports why nothing
+                was stored instead, and may :meth:`discard` the store.
+        """
+        # Every shard is committed or abandoned by now: what a worker killed mid-write left
+        # (its pool terminated after another worker crashed) goes before the index is built.
+        self._clean_leftovers()
         index = _merge_shard_indexes(self.path)
-        atomic_write_bytes(self.path / "index.npz", _npz_bytes(index))
         count = len(index["shard"]) if index else 0
+        if count == 0:
+            raise StoreError(f"store {self.path}: no slice was written, nothing to finish")
+        atomic_write_bytes(self.path / "index.npz", _npz_bytes(index))
         atomic_write_json(
             self.path / "store.json",
             {**self._header, **(extra_meta or {}), "finished": True, "count": count},
@@ -318,7 +393,20 @@ def _score(seed: int, salt: str, keys: np.ndarray) -> np.ndarray:
 
 
 class Store:
-    """A finished (or, read-only, an unfinished) store.
+    """A finished store, opened for reading (or any store, with ``inspect=True``).
+
+    Every command that trains on, evaluates or analyses a store opens it this way, so each
+    gets the same refusal of a store it cannot use: one that an ingest has not finished, or
+    one without a single sample.
+
+    Args:
+        path: The store directory.
+        inspect: Also open an unfinished or empty store, for ``radengine store info`` and
+            ``radengine store verify``, which report on it rather than read samples.
+
+    Raises:
+        StoreError: The store is missing, malformed or of another format version; or,
+            unless ``inspect``, unfinished or empty.
 
     Example:
         >>> store = Store("~/data/ct-store")
@@ -326,7 +414,7 @@ class Store:
         >>> x = store.images(train[:256])  # (256, 256, 256) int16 HU
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, inspect: bool = False) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise StoreError(f"store {self.path} does not exist (make one with radengine ingest)")
@@ -345,6 +433,25 @@ class Store:
         self.manifests = {m["shard"]: m for m in _manifests(self.path)}
         self.index = self._load_index()
         self._maps: dict[tuple[int, str], np.memmap] = {}
+        if not inspect:
+            self.check_readable()
+
+    def check_readable(self) -> None:
+        """Raise a :class:`StoreError` unless the store is finished and holds samples.
+
+        Raises:
+            StoreError: Naming the store, what is wrong and what to do.
+        """
+        if not self.finished:
+            raise StoreError(
+                f"store {self.path} is unfinished: the ingest writing it was stopped (or is "
+                "still running); rerun the same `radengine ingest` command to complete it"
+            )
+        if len(self) == 0:
+            raise StoreError(
+                f"store {self.path} holds no samples; ingest usable data into it "
+                "(`radengine ingest`) or use another store"
+            )
 
     def _load_index(self) -> dict[str, np.ndarray]:
         path = self.path / "index.npz"
@@ -518,13 +625,36 @@ class Store:
                     problems.append(f"{p}: size does not match {m['count']} slices")
         if not self.finished:
             problems.append(f"{self.path}: ingest did not finish (rerun it to resume)")
+        elif len(self) == 0:
+            problems.append(f"{self.path}: the store holds no samples")
         index_path = self.path / "index.npz"
         if index_path.exists():
             merged = _merge_shard_indexes(self.path)
             with np.load(index_path) as z:
                 stale = set(z.files) != set(merged) or any(
-                    not np.array_equal(z[k], merged[k]) for k in z.files
+                    not _same_column(z[k], merged[k]) for k in z.files
                 )
             if stale:
                 problems.append(f"{index_path}: does not match the shards' indexes")
+        problems += [f"{p}: stray file (not part of the store; a killed writer's leftover?)"
+                     for p in self.stray_files()]  # fmt: skip
         return problems
+
+    def stray_files(self) -> list[Path]:
+        """Files in the store that no manifest names and that are not store.json or
+        index.npz: temporary files of a killed writer, shard files without a manifest."""
+        stray = [f for f in self.path.iterdir() if f.name not in _ROOT_FILES]
+        shards = self.path / "shards"
+        if shards.is_dir():
+            known = {f"{m['shard']:06d}.json" for m in self.manifests.values()}
+            known |= {f["file"] for m in self.manifests.values() for f in m["files"].values()}
+            stray += [f for f in shards.iterdir() if f.name not in known]
+        return sorted(stray)
+
+
+def _same_column(a: np.ndarray, b: np.ndarray) -> bool:
+    """Index columns equal, with NaN equal to NaN: a missing kVp or thickness is NaN in the
+    stored index and in the shards alike, and must not read as a mismatch."""
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))

@@ -7,13 +7,22 @@ holds everything that decides the rest of the run: model, optimizer, schedule an
 scaler states, the step and data position, every RNG state and the resolved config (which
 a resume is checked against). ``latest`` skips unreadable files (e.g. a disk that lied
 about fsync) with a warning, falling back to the previous checkpoint.
+
+A write that fails (no space left, quota, permissions) removes its temporary file and raises
+:class:`CheckpointError` naming the file (and, for a full disk, the space it needs), so the
+previous checkpoints stay the run's last good state and nothing half-written is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import math
+import os
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,10 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from radengine.data.store import atomic_write_bytes
-from radengine.errors import UserError
+from radengine.errors import UserError, describe_os_error
 
-__all__ = ["CheckpointError", "find", "latest", "load", "rng_state", "save", "set_rng_state"]
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "find",
+    "latest",
+    "load",
+    "rng_state",
+    "save",
+    "set_rng_state",
+]
 
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
 
@@ -53,10 +70,71 @@ def save(folder: str | Path, step: int, state: dict[str, Any], keep: int = 2) ->
     buf = io.BytesIO()
     torch.save(state, buf)
     path = path_for(folder, step)
-    atomic_write_bytes(path, buf.getbuffer())
+    atomic_write(path, buf.getbuffer())
     for old in find(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def atomic_write(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    The bytes go to a temporary file next to ``path``, are fsynced and renamed over it. On
+    any failure the temporary file is removed; an OSError becomes a CheckpointError naming
+    ``path`` (with the bytes needed and free for a full disk or quota)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(_write_failure(path, exc, len(data))) from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_failure(path: Path, exc: OSError, size: int) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        try:
+            free = f", {_size(shutil.disk_usage(path.parent).free)} free"
+        except OSError:
+            free = ""
+        return (
+            f"could not write {path}: {what} (it needs {_size(size)}{free}); free space "
+            f"in {path.parent} or choose another train.out, then continue with --resume "
+            "(earlier checkpoints are kept)"
+        )
+    named = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    return f"could not write {describe_os_error(named)}"
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: 512 bytes, 3.2 MiB, 1.5 GiB."""
+    if n < 1024:
+        return f"{n} bytes"
+    power = min(3, int(math.log(n, 1024)))
+    return f"{n / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: some file systems refuse it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from radengine.config import ConfigError
+
 __all__ = ["DistInfo", "all_reduce_mean", "broadcast_object", "cleanup", "setup"]
 
 
@@ -44,22 +46,29 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+        raise ConfigError(
+            f"environment variable {name} must be an integer, got {value!r}"
+        ) from None
 
 
 def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto``: this rank's GPU when CUDA is available, else the CPU."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device must be auto, cpu, cuda or cuda:N, got {requested!r}"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device is cuda but no CUDA GPU is available; use cpu or auto")
+            raise ConfigError("train.device is cuda but no CUDA GPU is available; use cpu or auto")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {requested!r}")
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {requested!r}")
     return device
 
 

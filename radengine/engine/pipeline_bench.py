@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from radengine.data.store import Store, StoreError
+from radengine.data.store import Store
 
 __all__ = [
     "BACKENDS",
@@ -792,16 +792,33 @@ def measure(s: BenchSettings, only: str | None = None) -> dict[str, PipelineResu
 
 
 def run(argv: list[str] | None = None) -> int:
-    """``radengine bench pipeline [options]``; returns the exit code."""
-    from radengine.engine.trainer import PretrainError
+    """``radengine bench pipeline [options]`` (also ``python -m radengine.engine.pipeline_bench``).
 
-    args = build_parser().parse_args(argv)
-    try:
-        s = resolve(args)
-        results = measure(s, args.only)
-    except (ValueError, StoreError, PretrainError) as exc:  # bad options or data
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    Errors go through ``radengine.cli.run_command``, the CLI's one error path: an option out
+    of range, a missing or foreign store (StoreError), a failed run (PretrainError) or an
+    unwritable --csv end as one ``error:`` line and exit 2, without a traceback.
+
+    Args:
+        argv: The options (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0, or 2 for an error.
+    """
+    from radengine.cli import run_command
+
+    return run_command(_run, build_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Check the options, measure, print (and append the CSV)."""
+    from radengine.errors import UserError
+
+    for name, minimum in (("size", 1), ("batch", 1), ("steps", 1), ("warmup", 0), ("workers", 0)):
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UserError(f"--{name} must be >= {minimum}, got {value}")
+    s = resolve(args)
+    results = measure(s, args.only)
     print(summary(results, s))
     if args.breakdown:
         print(format_breakdown(breakdown(s), s))

@@ -40,10 +40,11 @@ from torch import Tensor, nn
 from radengine import config as config_mod
 from radengine.config import PretrainConfig
 from radengine.data.loader import StoreLoader
-from radengine.data.store import Store, StoreError, atomic_write_bytes
+from radengine.data.store import Store, StoreError
 from radengine.engine import checkpoint, distributed
 from radengine.engine.optim import LARS, WarmupCosine, param_groups, scaled_lr
-from radengine.errors import UserError
+from radengine.errors import UserError, describe_os_error
+from radengine.fmt import percent
 
 __all__ = ["PretrainError", "PretrainResult", "pretrain"]
 
@@ -75,6 +76,12 @@ class PretrainError(UserError, RuntimeError):
 class PretrainResult:
     """What a finished (or stopped) run leaves behind.
 
+    ``loss`` is the mean training loss over the run's last logging window (``train.log_every``
+    steps or fewer), the value the progress bar shows last and the last ``train/loss`` (and
+    ``final/loss``) metric; ``loss_label`` says which steps it averages, for display next to
+    it. ``knn`` holds (step, accuracy) pairs as fractions in [0, 1]; ``data_wait`` is a
+    fraction of the wall time (print both as percents).
+
     ``images_per_second`` and ``data_wait`` are over the whole call (start-up and kNN passes
     included); ``extra["step_times"]`` holds (data wait, step) seconds of every step this
     process ran, for steady-state figures (``radengine bench pipeline`` uses them).
@@ -93,6 +100,7 @@ class PretrainResult:
     model_uri: str | None = None
     stopped: str | None = None
     skipped_steps: int = 0
+    loss_label: str = "no step run"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -589,6 +597,8 @@ class _Trainer:
         out, state = _resolve_out(cfg, resume) if dist_info.main else (None, None)
         out = distributed.broadcast_object(str(out) if out else None)
         self.out = Path(out)
+        if dist_info.main:  # before the data and model are built: fail in seconds
+            _check_writable(self.out)
         # every rank reads the checkpoint itself (same file system assumed, as torchrun jobs)
         if resume and not dist_info.main:
             _, state = _resolve_out(cfg, resume)
@@ -645,6 +655,20 @@ class _Trainer:
         self.model = torch.compile(model) if cfg.model.compile else model
         self.tracker = self._tracker()
         self._knn_warned = False
+        self._bar: Any = None  # the tqdm bar while one is shown (rank 0, train.progress)
+
+    def _say(self, message: str) -> None:
+        """``echo`` a line of its own: an active progress bar is cleared first and redrawn
+        below the line, so the two never share a terminal line."""
+        bar = self._bar
+        if bar is None:
+            self.echo(message)
+            return
+        bar.clear()
+        try:
+            self.echo(message)
+        finally:
+            bar.refresh()
 
     # -- checkpoints
 
@@ -801,7 +825,7 @@ class _Trainer:
         )
         if acc is None:
             if not self._knn_warned:
-                self.echo(
+                self._say(
                     f"kNN monitor skipped: {src.store.path} has no labelled samples in the "
                     f"train or {self.cfg.knn.split} split (too few patients?)"
                 )
@@ -809,7 +833,7 @@ class _Trainer:
             return
         self.state.knn.append((self.state.step, acc))
         self.tracker.log_metrics({"knn/accuracy": acc}, step=self.state.step)
-        self.echo(f"kNN monitor at step {self.state.step}: {100 * acc:.1f}% ({src.domain} labels)")
+        self._say(f"kNN monitor at step {self.state.step}: {percent(acc, 1)} ({src.domain} labels)")
 
     def run(self) -> PretrainResult:
         cfg, s = self.cfg, self.state
@@ -817,7 +841,7 @@ class _Trainer:
         fresh = self.resume_state is None
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.out / "config.yaml", config_mod.dump_yaml(cfg).encode())
+            checkpoint.atomic_write(self.out / "config.yaml", config_mod.dump_yaml(cfg).encode())
         self._start_tracking()
         if self.dist.main:
             what = " + ".join(src.describe() for src in self.stages[0].sources)
@@ -833,8 +857,11 @@ class _Trainer:
             self._knn()
         stop_reason: str | None = None
         interrupted = _SignalFlag()
-        bar = self._progress()
+        bar = self._bar = self._progress()
         window_loss: list[float] = []
+        window_start = s.step  # the window holds steps window_start+1 .. s.step
+        final_loss = float("nan")
+        loss_label = "no step run"
         images = 0
         wait = 0.0
         t_window = time.perf_counter()
@@ -868,8 +895,6 @@ class _Trainer:
                             window_loss.append(loss)
                         s.step += 1
                         s.step_in_epoch += 1
-                        if bar is not None:
-                            bar.update(1)
                         max_steps = cfg.train.max_steps
                         stopping = bool(interrupted.fired) or (
                             max_steps is not None and s.step >= max_steps
@@ -881,10 +906,10 @@ class _Trainer:
                         ):
                             now = time.perf_counter()
                             span = max(now - t_window, 1e-9)
+                            final_loss = float(np.mean(window_loss)) if window_loss else last_loss
+                            loss_label = _window_label(window_start + 1, s.step, len(window_loss))
                             metrics = {
-                                "train/loss": float(np.mean(window_loss))
-                                if window_loss
-                                else last_loss,
+                                "train/loss": final_loss,
                                 "train/lr": self.optimizer.param_groups[0]["lr"],
                                 "train/img_per_s": imgs_window / span,
                                 "train/data_wait": min(1.0, wait_window / span),
@@ -893,14 +918,19 @@ class _Trainer:
                             }
                             self.tracker.log_metrics(metrics, step=s.step)
                             if bar is not None:
-                                bar.set_postfix(
-                                    loss=f"{metrics['train/loss']:.4f}",
-                                    lr=f"{metrics['train/lr']:.3g}",
-                                    img_s=f"{metrics['train/img_per_s']:.0f}",
+                                n = s.step - window_start
+                                over = f"mean of last {n} steps" if n > 1 else "last step"
+                                bar.set_postfix_str(
+                                    f"loss {final_loss:.4f} ({over}), "
+                                    f"lr {metrics['train/lr']:.3g}, "
+                                    f"{metrics['train/img_per_s']:.0f} img/s",
                                     refresh=False,
                                 )
                             window_loss.clear()
+                            window_start = s.step
                             t_window, imgs_window, wait_window = now, 0, 0.0
+                        if bar is not None:  # after set_postfix: shown with this step
+                            bar.update(1)
                         if s.step % cfg.train.checkpoint_every == 0:
                             ckpt_path = self.save_checkpoint()
                         if interrupted.fired:
@@ -918,15 +948,17 @@ class _Trainer:
         except BaseException:
             if bar is not None:
                 bar.close()
+            self._bar = None
             self.tracker.finish(
                 "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED"
             )
             raise
         if bar is not None:
             bar.close()
+        self._bar = None
         try:
             result = self._finish(
-                ckpt_path, status, stop_reason, images, wait, last_loss, step_times
+                ckpt_path, status, stop_reason, images, wait, final_loss, loss_label, step_times
             )
         except BaseException:
             self.tracker.finish("FAILED")
@@ -941,18 +973,31 @@ class _Trainer:
         stop_reason: str | None,
         images: int,
         wait: float,
-        last_loss: float,
+        loss: float,
+        loss_label: str,
         step_times: list[tuple[float, float]],
     ) -> PretrainResult:
-        """The final checkpoint, encoder, MLflow model and summary."""
+        """The final checkpoint, encoder, MLflow model and summary.
+
+        The final metrics are logged at the last step before the encoder is logged as an
+        MLflow model: MLflow 3 links the metrics of the model's step to it, so its model page
+        shows the final loss and kNN accuracy. A run stopped before its last epoch gets a kNN
+        pass on its final weights first (not when killed by a signal: it should end fast)."""
         cfg, s = self.cfg, self.state
         if ckpt_path is None or checkpoint.path_for(self.out / "checkpoints", s.step) != ckpt_path:
             ckpt_path = self.save_checkpoint()
+        stale = not s.knn or s.knn[-1][0] != s.step
+        if cfg.knn.every > 0 and status != "KILLED" and stale:
+            self._knn()
         seconds = time.perf_counter() - self._t_start
         model_uri = None
         if self.dist.main:
+            final = {"final/loss": loss, "final/img_per_s": images / max(seconds, 1e-9)}
+            if s.knn and s.knn[-1][0] == s.step:
+                final["final/knn_accuracy"] = s.knn[-1][1]
+            self.tracker.log_metrics(final, step=s.step)
             encoder = self.module.encoder
-            atomic_write_bytes(self.out / "encoder.pt", _state_bytes(encoder))
+            checkpoint.atomic_write(self.out / "encoder.pt", _state_bytes(encoder))
             if cfg.tracking.log_model and status != "KILLED":
                 example = np.zeros(
                     (1, self.in_chans, cfg.augment.size, cfg.augment.size), "float32"
@@ -962,13 +1007,14 @@ class _Trainer:
                     name="encoder",
                     registered_name=cfg.tracking.registered_name,
                     input_example=example,
+                    step=s.step,
                 )
         result = PretrainResult(
             out=self.out,
             run_id=s.run_id,
             steps=s.step,
             epochs=s.epoch + s.step_in_epoch / max(1, self._stage_of(s.epoch).steps_per_epoch),
-            loss=last_loss,
+            loss=loss,
             knn=list(s.knn),
             seconds=seconds,
             images_per_second=images / max(seconds, 1e-9),
@@ -977,6 +1023,7 @@ class _Trainer:
             model_uri=model_uri,
             stopped=stop_reason,
             skipped_steps=s.skipped,
+            loss_label=loss_label,
             extra={"step_times": step_times},
         )
         if self.dist.main:
@@ -985,11 +1032,8 @@ class _Trainer:
                 for k, v in dataclasses.asdict(result).items()
                 if k != "extra"
             }
-            atomic_write_bytes(
+            checkpoint.atomic_write(
                 self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode()
-            )
-            self.tracker.log_metrics(
-                {"final/loss": last_loss, "final/img_per_s": result.images_per_second}, step=s.step
             )
         return result
 
@@ -1042,7 +1086,7 @@ class _Trainer:
             s.consecutive_skips += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.dist.main:
-                self.echo(f"warning: non-finite loss at step {s.step}; update skipped")
+                self._say(f"warning: non-finite loss at step {s.step}; update skipped")
             if s.consecutive_skips >= cfg.train.max_skips:
                 raise PretrainError(
                     f"{s.consecutive_skips} non-finite losses in a row (last at step {s.step}); "
@@ -1060,6 +1104,52 @@ class _Trainer:
         self.scaler.update()
         self.scheduler.step()
         return global_loss
+
+
+def _window_label(first: int, last: int, finite: int) -> str:
+    """What the loss of steps ``first..last`` (``finite`` of them finite) is, in words."""
+    if finite == 0:
+        return f"step {last}, non-finite"
+    if first == last:
+        return f"loss of step {last}"
+    text = f"mean of steps {first}-{last}"
+    left_out = last - first + 1 - finite
+    return text + (f", {left_out} non-finite left out" if left_out else "")
+
+
+def _check_writable(out: Path) -> None:
+    """Fail fast, naming ``out``, when the run folder cannot be created or written (read-only
+    or full file system, no permission, a file in the way). Folders made for the check are
+    removed again, so a run that fails later to start leaves nothing behind."""
+    created: list[Path] = []
+    probe = out / f".radengine-write-test-{os.getpid()}"
+    try:
+        missing = []
+        p = out
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            d.mkdir(exist_ok=True)
+            created.append(d)
+        with open(probe, "wb") as f:  # a little data, synced: a full disk fails here
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        if exc.filename is not None and Path(exc.filename) in (probe, out):
+            exc = OSError(exc.errno, exc.strerror)  # the message names the folder already
+        raise PretrainError(
+            f"cannot write the run folder {out}: {describe_os_error(exc)}. The run folder "
+            "is set by --out (train.out)"
+        ) from None
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def _drop_keys(tree: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 __all__ = ["add_parsers"]
@@ -35,9 +34,9 @@ def _seeds(text: str) -> list[int]:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from radengine.config import ConfigError
-    from radengine.eval.common import EvalError
     from radengine.eval.config import load_eval_config
     from radengine.eval.run import evaluate
+    from radengine.fmt import percent
 
     base: dict = {"protocol": args.protocol}
     if args.init is not None:
@@ -67,33 +66,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         base["tracking"] = {"enabled": False}
     elif args.tracking:
         base["tracking"] = {"uri": args.tracking}
-    try:
-        if args.config:  # a YAML for another protocol is a mistake, not something to override
-            from radengine.config import _read_with_bases
+    if args.config:  # a YAML for another protocol is a mistake, not something to override
+        from radengine.config import _read_with_bases
 
-            wanted = _read_with_bases(Path(args.config), set()).get("protocol")
-            if wanted not in (None, args.protocol):
-                raise ConfigError(
-                    f"{args.config} is a config for `eval {wanted}`, but the command is "
-                    f"`eval {args.protocol}`"
-                )
-        cfg = load_eval_config(args.config, args.overrides, base=base)
-        if args.protocol != cfg.protocol:
+        wanted = _read_with_bases(Path(args.config), set()).get("protocol")
+        if wanted not in (None, args.protocol):
             raise ConfigError(
-                f"config key 'protocol' is {cfg.protocol!r} but the command is `eval "
-                f"{args.protocol}`"
+                f"{args.config} is a config for `eval {wanted}`, but the command is "
+                f"`eval {args.protocol}`"
             )
-        result = evaluate(cfg)
-    except (ConfigError, EvalError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_eval_config(args.config, args.overrides, base=base)
+    if args.protocol != cfg.protocol:
+        raise ConfigError(
+            f"config key 'protocol' is {cfg.protocol!r} but the command is `eval {args.protocol}`"
+        )
+    result = evaluate(cfg)
     primary = result.primary
     values = result.primary_values()
     lines = ["", f"eval {result.protocol} {result.task} (init {result.init}):"]
     for s in result.seeds:
         extra = ", ".join(f"{k} {v}" for k, v in s.details.items() if v is not None)
         lines.append(
-            f"  seed {s.seed:<5} test/{primary} {_num(s.test.get(primary))}"
+            f"  seed {s.seed:<5} test/{primary} {percent(s.test.get(primary))}"
             + (f"  ({extra})" if extra else "")
             + (f"  run {s.run_id}" if s.run_id else "")
         )
@@ -101,7 +95,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from radengine.eval.stats import summarize
 
         sm = summarize(values)
-        lines.append(f"  mean +- std over {sm.n} seeds: {sm.mean:.4f} +- {sm.std:.4f}")
+        lines.append(f"  mean +- std over {sm.n} seeds: {percent(sm.mean)} +- {percent(sm.std)}")
     lines.append(f"  results        {result.out / 'results.json'}")
     if result.tracking_uri:
         lines.append(f"  MLflow         {result.tracking_uri} (radengine ui)")
@@ -111,29 +105,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _num(v: float | None) -> str:
-    return f"{v:.4f}" if v is not None and math.isfinite(v) else "n/a"
-
-
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from radengine.eval.common import EvalError
     from radengine.eval.importer import import_weights
 
-    try:
-        res = import_weights(
-            args.file,
-            fmt=args.format,
-            name=args.name,
-            arch=args.arch,
-            key=args.key,
-            in_chans=args.in_chans,
-            strict=not args.no_strict,
-            uri=args.tracking,
-            experiment=args.experiment,
-        )
-    except (EvalError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    res = import_weights(
+        args.file,
+        fmt=args.format,
+        name=args.name,
+        arch=args.arch,
+        key=args.key,
+        in_chans=args.in_chans,
+        strict=not args.no_strict,
+        uri=args.tracking,
+        experiment=args.experiment,
+    )
     print(
         "\n".join(
             [

@@ -39,6 +39,7 @@ from radengine.eval.config import TrainLoopConfig, augment_spec
 from radengine.eval.features import ViewSpec, batches_ahead
 from radengine.eval.scoring import classification_metrics
 from radengine.eval.tasks import TaskData
+from radengine.fmt import percent
 
 __all__ = ["ClassificationProblem", "Classifier", "FitResult", "fit"]
 
@@ -322,7 +323,7 @@ def fit(
         if echo is not None:
             echo(
                 f"epoch {epoch}: train loss {record['train/loss']:.4f}, val loss {val_loss:.4f}, "
-                f"val {primary} {record[f'val/{primary}']:.4f}"
+                f"val {primary} {percent(record[f'val/{primary}'])}"
             )
         monitored = val_loss if loop.monitor == "loss" else val.get(primary, math.nan)
         value = sign * monitored if math.isfinite(monitored) else -math.inf

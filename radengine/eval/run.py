@@ -52,6 +52,7 @@ from radengine.eval.config import EvalConfig
 from radengine.eval.features import FeatureCache, ViewSpec, extract_features
 from radengine.eval.init import Init, build_encoder, infer_arch, nested_keys, resolve_init
 from radengine.eval.tasks import TaskData, build_task, default_task
+from radengine.fmt import percent
 
 __all__ = ["EvalResult", "SeedResult", "evaluate"]
 
@@ -155,7 +156,8 @@ class _Echo:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
+    """A metric (a fraction: accuracy, AUC, Dice) for the progress lines, in percent."""
+    return percent(v)
 
 
 # ----------------------------------------------------------------------------- features

@@ -34,7 +34,7 @@ def test_kill_and_resume_gives_the_identical_store(tmp_path):
         f"builtin.write_synthetic_ct_store({str(out)!r}, **{args!r})\n"
     )
     kill_when_exists(code, out / "shards" / "000001.json")
-    store = Store(out)
+    store = Store(out, inspect=True)
     assert not store.finished, "killed before the end, so the store must be unfinished"
     builtin.write_synthetic_ct_store(out, **args)  # the rerun resumes
     assert tree_bytes(out) == tree_bytes(tmp_path / "ref")
@@ -79,5 +79,5 @@ def test_cli_synth_info_verify(tmp_path, capsys):
     shard.write_bytes(bytes(data))
     assert main(["store", "verify", str(out)]) == 1
     assert "checksum mismatch" in capsys.readouterr().out
-    assert main(["store", "info", str(tmp_path / "missing")]) == 1
+    assert main(["store", "info", str(tmp_path / "missing")]) == 2  # not a store: exit 2
     assert "does not exist" in capsys.readouterr().err

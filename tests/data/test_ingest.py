@@ -75,7 +75,7 @@ def test_ingest_errors_are_clear(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     empty = tmp_path / "empty"
     (empty / "cls").mkdir(parents=True)
-    assert main(["ingest", "images", str(empty), "--out", str(tmp_path / "s2")]) == 1
+    assert main(["ingest", "images", str(empty), "--out", str(tmp_path / "s2")]) == 2
     assert "nothing could be ingested" in capsys.readouterr().err
 
 
@@ -149,7 +149,7 @@ def test_ingest_ct_kill_and_resume(dicom_archive, tmp_path):
         f"ingest.ingest_ct([{str(dicom_archive)!r}], {str(out)!r}, workers=1, **{args!r})\n"
     )
     kill_when_exists(code, out / "shards" / "000002.json")
-    assert not Store(out).finished
+    assert not Store(out, inspect=True).finished
     again = ingest.ingest_ct([dicom_archive], out, workers=2, **args)
     assert again.shards_reused >= 3
     assert tree_bytes(out) == tree_bytes(tmp_path / "ref")

@@ -44,7 +44,7 @@ def test_errors_exit_2_and_say_what(args, message, capsys, tmp_path, monkeypatch
     assert not (tmp_path / "runs").exists()
 
 
-def test_tracked_run_and_resume_in_mlflow(store, tmp_path, monkeypatch, capsys):
+def test_tracked_run_and_resume_in_mlflow(store, tmp_path, monkeypatch, capsys, recwarn):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -101,3 +101,42 @@ def test_tracked_run_and_resume_in_mlflow(store, tmp_path, monkeypatch, capsys):
     )
     if models is not None:
         assert any(m.source_run_id == run_id and m.name == "encoder" for m in models)
+    # the model page shows the final metrics (step 8, where the stopped run measured its
+    # final weights), not the ones from before training
+    (model_id,) = {o.model_id for o in client.get_run(run_id).outputs.model_outputs}
+    linked = {
+        m.key: (m.step, m.value)
+        for m in client.get_logged_model(model_id).metrics
+        if not m.key.startswith("system/")
+    }
+    (final_knn,) = [m for m in client.get_metric_history(run_id, "knn/accuracy") if m.step == 8]
+    assert linked["knn/accuracy"] == (8, final_knn.value)
+    assert linked["final/knn_accuracy"] == (8, final_knn.value)
+    assert linked["train/loss"] == linked["final/loss"]
+    assert linked["train/loss"][0] == 8
+    # logging the channels_last encoder as a torch.export model warns nothing
+    assert not [w for w in recwarn if "complete tensor" in str(w.message)]
+
+
+def test_a_full_disk_at_a_checkpoint_is_an_error_naming_the_file(
+    store, tmp_path, capsys, monkeypatch
+):
+    import errno
+    import os
+
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the disk fills up while a checkpoint is written
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".step-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "run"
+    args = ["pretrain", "--tracking", "none", "--data", str(store), "--out", str(out), *TINY]
+    assert main([*args, "train.max_steps=4", "knn.every=0"]) == 2
+    err = capsys.readouterr().err
+    target = out / "checkpoints" / "step-00000004.pt"
+    assert f"error: could not write {target}: no space left on the device (it needs" in err
+    assert "Traceback" not in err
+    assert list((out / "checkpoints").iterdir()) == []  # the temporary file is gone

@@ -228,8 +228,102 @@ def test_sequential_stages_switch_domains(ct_store, tmp_path):
 
 def test_knn_monitor_reports_held_out_accuracy(ct_store, tmp_path):
     r = pretrain(_cfg(ct_store, tmp_path / "run", "knn.every=1", "train.max_steps=3"))
-    assert len(r.knn) == 1 and r.knn[0][0] == 0  # before training (stopped before epoch end)
-    assert 0.0 <= r.knn[0][1] <= 1.0
+    # before training, and on the final weights of a run stopped before its epoch's end
+    assert [step for step, _ in r.knn] == [0, 3]
+    assert all(0.0 <= acc <= 1.0 for _, acc in r.knn)
+
+
+def _screen(text: str) -> list[str]:
+    """What a terminal shows for ``text``: each line as overwritten after carriage returns."""
+    shown = []
+    for line in text.split("\n"):
+        cells: list[str] = []
+        for part in line.split("\r"):
+            cells[: len(part)] = part
+        shown.append("".join(cells).rstrip())
+    return shown
+
+
+def test_monitor_lines_stand_on_their_own_and_the_summary_loss_is_the_bars(
+    ct_store, tmp_path, capsys
+):
+    r = pretrain(
+        _cfg(
+            ct_store,
+            tmp_path / "run",
+            "optim.batch_size=16",
+            "data.fraction=0.5",
+            "knn.every=1",
+            "train.progress=true",
+            "train.log_every=4",
+        )
+    )
+    err = capsys.readouterr().err
+    screen = _screen(err)
+    knn_lines = [line for line in screen if "kNN monitor at step" in line]
+    assert all(line.startswith("kNN monitor at step") for line in knn_lines), knn_lines
+    # step 0 (before the bar), the epoch's end (while the bar is shown)
+    assert [int(line.split()[4].rstrip(":")) for line in knn_lines] == [0, r.steps]
+    assert all(line.endswith("% (ct labels)") for line in knn_lines)  # people read percents
+    # the bar's last loss is the run's loss, and both say what it is a mean of
+    bar = [line for line in screen if line.startswith("pretrain simclr")][-1]
+    first = (r.steps - 1) // 4 * 4 + 1
+    assert f"loss {r.loss:.4f} (mean of last {r.steps - first + 1} steps)" in bar, bar
+    assert r.loss_label == f"mean of steps {first}-{r.steps}"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["loss"] == r.loss and summary["loss_label"] == r.loss_label
+
+
+def test_an_output_folder_under_a_file_fails_before_data_and_model(ct_store, tmp_path, monkeypatch):
+    from radengine.engine import trainer
+
+    def never(*_a, **_k):
+        raise AssertionError("built data or model before checking the output folder")
+
+    monkeypatch.setattr(trainer, "_build_stages", never)
+    monkeypatch.setattr(trainer, "build_model", never)
+    (tmp_path / "a-file").write_text("x")
+    out = tmp_path / "a-file" / "run"
+    with pytest.raises(PretrainError, match=rf"cannot write the run folder {out}: .*not a folder"):
+        pretrain(_cfg(ct_store, out))
+
+
+def test_a_full_disk_fails_before_data_and_model_and_leaves_nothing(
+    ct_store, tmp_path, monkeypatch
+):
+    import errno
+
+    from radengine.engine import trainer
+
+    def never(*_a, **_k):
+        raise AssertionError("built data or model before checking the output folder")
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer, "_build_stages", never)
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "new" / "run"
+    with pytest.raises(PretrainError, match=rf"cannot write the run folder {out}: .*no space left"):
+        pretrain(_cfg(ct_store, out))
+    assert list(tmp_path.iterdir()) == []  # no probe file, no folders made for the check
+
+
+def test_a_checkpoint_write_on_a_full_disk_names_the_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    import errno
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    folder = tmp_path / "checkpoints"
+    checkpoint.save(folder, 1, {"format": 1, "w": torch.zeros(4)})
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.save(folder, 2, {"format": 1, "w": torch.zeros(300_000)})
+    message = str(info.value)
+    assert f"could not write {folder / 'step-00000002.pt'}: no space left" in message
+    assert "it needs 1.1 MiB" in message and "--resume" in message
+    assert [p.name for p in folder.iterdir()] == ["step-00000001.pt"]  # no temporary file
 
 
 def test_weighted_knn_by_hand():
