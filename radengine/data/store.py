@@ -86,14 +86,22 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview, *, sync_dir: bool =
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
 
     ``sync_dir=False`` leaves the directory entry's durability to a later fsync of the
-    directory (one for several files, as :func:`commit_shard` does)."""
+    directory (one for several files, as :func:`commit_shard` does). On any failure (a full
+    disk, an interrupt) the temporary file is removed before the exception propagates, so a
+    failed write never leaves the disk fuller than before; what a SIGKILL leaves,
+    :func:`remove_temp_files` clears on the next run."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     if sync_dir:
         _fsync_dir(path.parent)
 

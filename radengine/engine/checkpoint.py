@@ -15,11 +15,9 @@ previous checkpoints stay the run's last good state and nothing half-written is 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import math
-import os
 import random
 import re
 import shutil
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from radengine.data.store import atomic_write_bytes
 from radengine.errors import UserError, describe_os_error
 
 __all__ = [
@@ -83,20 +82,10 @@ def atomic_write(path: str | Path, data: bytes | memoryview) -> None:
     any failure the temporary file is removed; an OSError becomes a CheckpointError naming
     ``path`` (with the bytes needed and free for a full disk or quota)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(_write_failure(path, exc, len(data))) from exc
-        raise
-    _fsync_dir(path.parent)
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise CheckpointError(_write_failure(path, exc, len(data))) from exc
 
 
 def _write_failure(path: Path, exc: OSError, size: int) -> str:
@@ -121,20 +110,6 @@ def _size(n: int) -> str:
         return f"{n} bytes"
     power = min(3, int(math.log(n, 1024)))
     return f"{n / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: some file systems refuse it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path: str | Path) -> dict[str, Any]:
