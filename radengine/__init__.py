@@ -9,6 +9,12 @@ backend, and ``radengine info`` says why.
 
 from typing import Any
 
+from radengine.threads import configure_openmp as _configure_openmp
+
+# Before torch (or radengine._cpu) loads the OpenMP runtime, which reads its wait policy only
+# then: passive waiting, so a busy machine cannot stall every parallel region (threads.py).
+_configure_openmp()
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "hu_window", "resize"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 import radengine
-from radengine import _native, tracking
+from radengine import _native, threads, tracking
 from radengine.ops import OPS, _dispatch
 
 PACKAGES = ("torch", "numpy", "triton", "pybind11", "mlflow", "pydicom", "nibabel", "omegaconf")
@@ -89,6 +89,7 @@ def collect() -> dict[str, Any]:
         "default_backend": defaults,
         "RADENGINE_BACKEND": os.environ.get("RADENGINE_BACKEND") or None,
         "tracking_uri": tracking.tracking_uri(),
+        "openmp": threads.status(),
     }
 
 
@@ -117,6 +118,10 @@ def format_text(info: dict[str, Any]) -> str:
             lines.append(f"  {name:<16} loaded   {', '.join(extra)}")
         else:
             lines.append(f"  {name:<16} missing  {entry['reason']}")
+    omp = info["openmp"]
+    runtimes = ", ".join(omp["runtimes"]) or "none loaded"
+    policy = "passive wait" if omp["wait_policy_applied"] else f"runtime default ({omp['reason']})"
+    lines.append(f"  OpenMP           {policy}; runtime {runtimes}")
     lines.append("")
     lines.append("devices")
     cpu = info["devices"]["cpu"]

@@ -14,6 +14,9 @@ epoch exactly where a checkpoint left it.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -83,6 +86,58 @@ def plan_epoch(
         if len(share):
             batches.append(share)
     return BatchPlan(batches)
+
+
+def _worker_init(worker_id: int) -> None:
+    """One compute thread per loader worker. A worker only gathers rows from memory-mapped
+    shards; a thread team of its own (sized to every core, like the main process's) would
+    compete with the training process's threads for the same cores. torch's DataLoader sets
+    this as well today; it is set here too so radengine does not depend on that detail, and
+    tests/test_threads.py checks it."""
+    torch.set_num_threads(1)
+    _ignore_stop_signals()
+
+
+# Signals a cluster sends to a job's whole process group to stop it (Slurm/Kubernetes:
+# SIGTERM; Slurm's --signal: SIGUSR1; a terminal's Ctrl-C: SIGINT).
+_STOP_SIGNALS = tuple(
+    s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGUSR1", "SIGINT")) if s is not None
+)
+
+
+def _ignore_stop_signals() -> None:
+    """Make a loader worker ignore the stop signals and unblock them again.
+
+    The signal is the main process's to act on: the trainer finishes its step, writes a
+    checkpoint and shuts the loader down. A worker that died on it first would make the main
+    process fail (``DataLoader worker ... killed by signal``) before it could checkpoint.
+    torch's worker loop installs a dying SIGTERM handler of its own before calling the init
+    function, so this runs there, with the signals still blocked (:func:`_blocked`): one
+    that arrived in between is pending and is discarded when its disposition becomes ignore.
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _blocked() -> Iterator[None]:
+    """Block the stop signals in this thread while worker processes are forked, so they
+    start with them blocked (until :func:`_ignore_stop_signals`); a signal the parent gets
+    meanwhile is delivered, not lost, when the block ends."""
+    if not hasattr(signal, "pthread_sigmask") or not _is_main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _is_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -204,5 +259,9 @@ class StoreLoader:
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch if self.workers > 0 else None,
             persistent_workers=False,
+            worker_init_fn=_worker_init if self.workers > 0 else None,
         )
-        return iter(loader)
+        if self.workers == 0:
+            return iter(loader)
+        with _blocked():  # the workers are forked here
+            return iter(loader)
