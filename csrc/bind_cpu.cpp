@@ -132,8 +132,9 @@ PYBIND11_MODULE(_cpu, m) {
       py::call_guard<py::gil_scoped_release>(),
       "NT-Xent / InfoNCE forward (cpu/contrastive_loss.h): rows u (M, D) against columns v "
       "(C, D) (v unused when symmetric: the rows are the columns), contiguous float32 "
-      "(float64 if is_double); extra: (M) positive logits or 0. Writes lse (M) and row_loss "
-      "(M) in the same dtype. isa: 0 auto, 1 portable, 2 avx2, 3 avx512 (a cap).");
+      "(float64 if is_double); extra: (M) positive logits or 0. Writes the row statistics "
+      "through lse: (2, M) = [lse, log(1 - p_pos)] (the backward's input), and row_loss (M), in "
+      "the same dtype. isa: 0 auto, 1 portable, 2 avx2, 3 avx512 (a cap).");
   m.def(
       "contrastive_backward",
       [](double grad, uintptr_t u, uintptr_t v, uintptr_t lse, int64_t M, int64_t C, int64_t D,
@@ -163,7 +164,8 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("grad_u"), py::arg("grad_v"), py::arg("isa") = 0, py::arg("num_threads") = 0,
       py::call_guard<py::gil_scoped_release>(),
       "NT-Xent / InfoNCE backward: grad_u (M, D) = grad * d(mean row loss)/du and, unless "
-      "grad_v is 0 (or symmetric), grad_v (C, D) = grad * d/dv; lse is the forward's.");
+      "grad_v is 0 (or symmetric), grad_v (C, D) = grad * d/dv; lse is the forward's (2, M) "
+      "statistics.");
   m.def("contrastive_isa", &radengine::cpu::contrastive_isa_name, py::arg("isa") = 0,
         "the code path the float32 contrastive kernels take for an isa cap on this CPU: "
         "'avx512', 'avx2' or 'portable'");

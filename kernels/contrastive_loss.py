@@ -8,16 +8,20 @@ the logits s_ic = (u_i . v_c) / T with two optional twists:
 * SELF_MASK: column ``col_offset + i`` is row i itself (NT-Xent) and is left out;
 * POS_IN_COLS: row i's positive is column ``col_offset + (i + half) mod M`` (NT-Xent:
   half = M / 2; in-batch InfoNCE: col_offset = half = 0, the diagonal). Otherwise
-  (InfoNCE with a queue) the positive logit comes in as ``extra`` (M,) and joins the
-  log-sum-exp as one more column.
+  (InfoNCE with a queue) the positive logit comes in as ``extra`` (M,).
 
 Forward (``_fwd_kernel``, one program per BLOCK_M rows): loop over column tiles of BLOCK_N,
 each tile's logits a K-loop of BLOCK_D chunks of tl.dot, folded into an online log-sum-exp
-(running max m and sum l). Writes lse (M,) and the per-row loss lse - s_pos (M,); the mean
-is taken outside. Traffic: U once, V once per row block (M / BLOCK_M times), 2M outputs.
+(running max m and sum l) of the negatives only: the positive column is left out and kept
+apart as s_pos. With x = lse_neg - s_pos, writes the per-row loss softplus(x) (= lse - s_pos
+without its cancellation when the positive dominates) and the statistics (2, M):
+lse = s_pos + softplus(x) and log(1 - p_pos) = x - softplus(x) (the formulas:
+radengine/ops/contrastive_loss.py, ``_finish_rows``); the mean is taken outside. Traffic: U
+once, V once per row block (M / BLOCK_M times), 3M outputs.
 
 Backward, with P = exp(s - lse) (the recomputed softmax) and Y the positive one-hot:
-dS = (P - Y) * grad / (M T) on every tile, recomputed from U, V and the saved lse.
+dS = (P - Y) * grad / (M T) on every tile, recomputed from U, V and the saved statistics;
+at the positive, p - 1 = -exp(log(1 - p_pos)) (exp(s_pos - lse) - 1 would cancel).
 
 * ``_bwd_rows_kernel`` (one program per row block and BLOCK_DO gradient columns):
   grad_U_i += sum_c dS_ic v_c;
@@ -77,9 +81,24 @@ def _add_into(out_ptr, idx, idx_ok, dd, d_ok, acc, D):
 
 
 @triton.jit
+def _log1p_small(y):
+    """log(1 + y) for y in [0, 1] to full relative precision, tiny y included, as
+    2 atanh(t) = 2 (t + t^3 / 3 + ... + t^35 / 35), t = y / (2 + y) <= 1/3 (truncation
+    < 9^-18, below fp64's eps). No log of a number near 1: an approximate GPU log has an
+    absolute error there that would be a large relative one in the result."""
+    t = y / (2.0 + y)
+    t2 = t * t
+    p = t2 * 0.0 + 1.0 / 35.0
+    for k in tl.static_range(16, -1, -1):
+        p = p * t2 + 1.0 / (2 * k + 1)
+    return 2.0 * t * p
+
+
+@triton.jit
 def _dlogits(
     s,
     lse,
+    log_q,
     g,
     rows,
     cols,
@@ -91,7 +110,8 @@ def _dlogits(
     SELF_MASK: tl.constexpr,
     POS_IN_COLS: tl.constexpr,
 ):
-    """dS = (softmax - positive one-hot) * g, zero outside the valid, unmasked entries."""
+    """dS = (softmax - positive one-hot) * g, zero outside the valid, unmasked entries; the
+    positive's p - 1 is -exp(log_q), log_q = log(1 - p) saved by the forward."""
     keep = row_ok[:, None] & col_ok[None, :]
     if SELF_MASK:
         keep = keep & (cols[None, :] != (col_offset + rows)[:, None])
@@ -99,7 +119,8 @@ def _dlogits(
     ds = tl.exp(tl.where(keep, s, float("-inf")) - lse[:, None])
     if POS_IN_COLS:
         pos_col = col_offset + (rows + half) % M
-        ds = ds - tl.where(keep & (cols[None, :] == pos_col[:, None]), 1.0, 0.0)
+        is_pos = keep & (cols[None, :] == pos_col[:, None])
+        ds = tl.where(is_pos, -tl.exp(log_q)[:, None], ds)
     return ds * g
 
 
@@ -109,7 +130,7 @@ def _fwd_kernel(
     v_ptr,
     extra_ptr,  # (M,) positive logits, read when HAS_EXTRA
     params_ptr,  # (1,) 1 / T in the accumulation dtype
-    lse_ptr,
+    stats_ptr,  # (2, M): lse, log(1 - p_pos)
     loss_ptr,
     M,
     C,
@@ -129,12 +150,11 @@ def _fwd_kernel(
     dt = u_ptr.dtype.element_ty
     if HAS_EXTRA:
         pos = tl.load(extra_ptr + rows, mask=row_ok, other=0.0)
-        m_i = pos
-        l_i = tl.full((BLOCK_M,), 1.0, dt)
     else:
         pos = tl.zeros((BLOCK_M,), dt)
-        m_i = tl.full((BLOCK_M,), float("-inf"), dt)
-        l_i = tl.zeros((BLOCK_M,), dt)
+    # The online log-sum-exp of the negatives (the positive is combined at the end).
+    m_i = tl.full((BLOCK_M,), float("-inf"), dt)
+    l_i = tl.zeros((BLOCK_M,), dt)
     self_col = col_offset + rows
     pos_col = col_offset + (rows + half) % M
     for c0 in range(0, C, BLOCK_N):
@@ -143,9 +163,11 @@ def _fwd_kernel(
         s = _logits_tile(
             u_ptr, v_ptr, rows, cols, row_ok, col_ok, inv_t, D, BLOCK_M, BLOCK_N, BLOCK_D
         )
-        if POS_IN_COLS:
-            pos += tl.sum(tl.where(cols[None, :] == pos_col[:, None], s, 0.0), axis=1)
         keep = col_ok[None, :]
+        if POS_IN_COLS:
+            is_pos = cols[None, :] == pos_col[:, None]
+            pos += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
+            keep = keep & ~is_pos
         if SELF_MASK:
             keep = keep & (cols[None, :] != self_col[:, None])
         s = tl.where(keep, s, float("-inf"))
@@ -154,16 +176,23 @@ def _fwd_kernel(
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
         m_i = m_new
-    lse = m_i + tl.log(l_i)
-    tl.store(lse_ptr + rows, lse, mask=row_ok)
-    tl.store(loss_ptr + rows, lse - pos, mask=row_ok)
+    # x = lse_neg - s_pos (-inf without negatives: loss 0, log(1 - p) = -inf; log is only
+    # taken of a positive sum).
+    has_neg = l_i > 0
+    lse_neg = tl.where(has_neg, m_i + tl.log(tl.where(has_neg, l_i, 1.0)), float("-inf"))
+    x = lse_neg - pos
+    tail = _log1p_small(tl.exp(-tl.abs(x)))
+    loss = tl.maximum(x, 0.0) + tail
+    tl.store(stats_ptr + rows, pos + loss, mask=row_ok)
+    tl.store(stats_ptr + M + rows, tl.minimum(x, 0.0) - tail, mask=row_ok)
+    tl.store(loss_ptr + rows, loss, mask=row_ok)
 
 
 @triton.jit
 def _bwd_rows_kernel(
     u_ptr,
     v_ptr,
-    lse_ptr,
+    stats_ptr,  # (2, M): lse, log(1 - p_pos)
     params_ptr,  # (2,) 1 / T and grad / (M T)
     out_ptr,  # (M, D) accumulation buffer: += dS @ V
     M,
@@ -184,7 +213,8 @@ def _bwd_rows_kernel(
     d_ok = dd < D
     inv_t = tl.load(params_ptr)
     g = tl.load(params_ptr + 1)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    lse = tl.load(stats_ptr + rows, mask=row_ok, other=0.0)
+    log_q = tl.load(stats_ptr + M + rows, mask=row_ok, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=u_ptr.dtype.element_ty)
     for c0 in range(0, C, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
@@ -193,7 +223,19 @@ def _bwd_rows_kernel(
             u_ptr, v_ptr, rows, cols, row_ok, col_ok, inv_t, D, BLOCK_M, BLOCK_N, BLOCK_D
         )
         ds = _dlogits(
-            s, lse, g, rows, cols, row_ok, col_ok, col_offset, half, M, SELF_MASK, POS_IN_COLS
+            s,
+            lse,
+            log_q,
+            g,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            col_offset,
+            half,
+            M,
+            SELF_MASK,
+            POS_IN_COLS,
         )
         v_ptrs = v_ptr + cols.to(tl.int64)[:, None] * D + dd[None, :]
         v = tl.load(v_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
@@ -205,7 +247,7 @@ def _bwd_rows_kernel(
 def _bwd_cols_kernel(
     u_ptr,
     v_ptr,
-    lse_ptr,
+    stats_ptr,  # (2, M): lse, log(1 - p_pos)
     params_ptr,  # (2,) 1 / T and grad / (M T)
     out_ptr,  # (C, D) accumulation buffer: += dS.T @ U
     M,
@@ -230,12 +272,25 @@ def _bwd_cols_kernel(
     for r0 in range(0, M, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
         row_ok = rows < M
-        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        lse = tl.load(stats_ptr + rows, mask=row_ok, other=0.0)
+        log_q = tl.load(stats_ptr + M + rows, mask=row_ok, other=0.0)
         s = _logits_tile(
             u_ptr, v_ptr, rows, cols, row_ok, col_ok, inv_t, D, BLOCK_M, BLOCK_N, BLOCK_D
         )
         ds = _dlogits(
-            s, lse, g, rows, cols, row_ok, col_ok, col_offset, half, M, SELF_MASK, POS_IN_COLS
+            s,
+            lse,
+            log_q,
+            g,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            col_offset,
+            half,
+            M,
+            SELF_MASK,
+            POS_IN_COLS,
         )
         u_ptrs = u_ptr + rows.to(tl.int64)[:, None] * D + dd[None, :]
         u = tl.load(u_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
@@ -263,20 +318,21 @@ def forward(
     pos_in_cols: bool = True,
     extra: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row loss (M,) and lse (M,) of u (M, D) against v (C, D), both contiguous fp32 or
-    fp64 on one device. ``extra`` (M,): the positive logit when it is not a column."""
+    """Per-row loss (M,) and statistics (2, M) [lse; log(1 - p_pos)] of u (M, D) against
+    v (C, D), both contiguous fp32 or fp64 on one device. ``extra`` (M,): the positive logit
+    when it is not a column."""
     m, d = u.shape
     c = v.shape[0]
     bm, bn, bd, _, warps = _blocks(u)
     params = torch.full((1,), 1.0 / temperature, dtype=u.dtype, device=u.device)
-    lse = torch.empty(m, dtype=u.dtype, device=u.device)
+    stats = torch.empty(2, m, dtype=u.dtype, device=u.device)
     loss = torch.empty(m, dtype=u.dtype, device=u.device)
     _fwd_kernel[(triton.cdiv(m, bm),)](
         u,
         v,
-        extra if extra is not None else lse,
+        extra if extra is not None else loss,
         params,
-        lse,
+        stats,
         loss,
         m,
         c,
@@ -291,14 +347,14 @@ def forward(
         BLOCK_D=bd,
         num_warps=warps,
     )
-    return loss, lse
+    return loss, stats
 
 
 def backward(
     grad: torch.Tensor,
     u: torch.Tensor,
     v: torch.Tensor,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     temperature: float,
     grad_u: torch.Tensor,
     grad_v: torch.Tensor | None,
@@ -328,7 +384,7 @@ def backward(
         BLOCK_DO=bdo,
     )
     d_blocks = triton.cdiv(d, bdo)
-    args = (lse, params)
+    args = (stats, params)
     _bwd_rows_kernel[(triton.cdiv(m, bm), d_blocks)](
         u, v, *args, grad_u, m, c, d, col_offset, half, **flags, num_warps=warps
     )

@@ -845,31 +845,35 @@ void run_tiles(const std::vector<Tile>& order, int64_t nb, int nt, Fn&& fn) {
   }
 }
 
-// lse = m + log l and the row losses lse - positive logit. ``pos`` holds the positive
-// logits taken from the tiles (the same rounding as in the log-sum-exp, so that a dominant
-// positive cancels exactly), or is empty when they come in ``extra``.
+// From the negatives' log-sum-exp lse_neg = m + log l and the positive logit s_pos (from the
+// tiles in ``pos``, or in ``extra``), with x = lse_neg - s_pos: the row loss softplus(x),
+// lse = s_pos + softplus(x) and log(1 - p_pos) = x - softplus(x), softplus(x) =
+// max(x, 0) + log1p(exp(-|x|)). x = -inf (no negatives) gives loss 0 and log(1 - p) = -inf.
 template <typename F>
 void finish_forward(const ContrastiveProblem& p, const std::vector<double>& m,
-                    const std::vector<double>& l, const std::vector<F>& pos, F* lse,
+                    const std::vector<double>& l, const std::vector<F>& pos, F* stats,
                     F* row_loss, int nt) {
   const F* extra = static_cast<const F*>(p.extra);
   const int64_t M = p.M;
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t a = 0; a < M; ++a) {
-    const double lse_a = m[a] + std::log(l[a]);
     double positive = 0.0;
     if (p.pos_in_cols) {
       positive = static_cast<double>(pos[a]);
     } else if (extra != nullptr) {
       positive = static_cast<double>(extra[a]);
     }
-    lse[a] = static_cast<F>(lse_a);
-    row_loss[a] = static_cast<F>(lse_a - positive);
+    const double x = m[a] + std::log(l[a]) - positive;
+    const double tail = std::log1p(std::exp(-std::fabs(x)));
+    const double loss = std::max(x, 0.0) + tail;
+    stats[a] = static_cast<F>(positive + loss);
+    stats[M + a] = static_cast<F>(std::min(x, 0.0) - tail);
+    row_loss[a] = static_cast<F>(loss);
   }
 }
 
 template <typename F>
-void forward_symmetric(const Kernels<F>& k, const ContrastiveProblem& p, F* lse, F* row_loss,
+void forward_symmetric(const Kernels<F>& k, const ContrastiveProblem& p, F* stats, F* row_loss,
                        int nt) {
   const int64_t M = p.M, D = p.D;
   Packed<F> P;
@@ -886,12 +890,15 @@ void forward_symmetric(const Kernels<F>& k, const ContrastiveProblem& p, F* lse,
     const int64_t r0 = I * kB, c0 = J * kB;
     k.logits(P.tr_block(I), P.tr_block(J), D, mi, mj, inv_t, S);
     mask_tile(S, mi, mj, I == J, 0, r0, c0);
-    // The positive pairs in this tile (s symmetric: row c's positive logit is S[p(c), c]).
+    // The positive pairs in this tile (s symmetric: row c's positive logit is S[p(c), c]),
+    // taken out of the tile: the log-sum-exp is over the negatives (see finish_forward).
+    // The entry is the positive of both its row and its column (p is an involution).
     for (int a = 0; a < mi; ++a) {
       const int64_t c = (r0 + a + p.half) % M - c0;
       if (c >= 0 && c < mj) {
         pos[r0 + a] = S[a * kB + c];
         pos[c0 + c] = S[a * kB + c];
+        S[a * kB + c] = kNegInf<F>;
       }
     }
     if (I == J) {
@@ -922,18 +929,17 @@ void forward_symmetric(const Kernels<F>& k, const ContrastiveProblem& p, F* lse,
       for (int c = 0; c < mj; ++c) merge(m[c0 + c], l[c0 + c], s.rc[c], s.colsum[c]);
     }
   });
-  finish_forward(p, m, l, pos, lse, row_loss, nt);
+  finish_forward(p, m, l, pos, stats, row_loss, nt);
 }
 
 template <typename F>
-void forward_general(const Kernels<F>& k, const ContrastiveProblem& p, F* lse, F* row_loss,
+void forward_general(const Kernels<F>& k, const ContrastiveProblem& p, F* stats, F* row_loss,
                      int nt) {
   const int64_t M = p.M, C = p.C, D = p.D;
   Packed<F> PU, PV;
   pack(static_cast<const F*>(p.u), M, D, PU, nt);
   pack(static_cast<const F*>(p.v), C, D, PV, nt);
   const F inv_t = static_cast<F>(p.inv_t);
-  const F* extra = static_cast<const F*>(p.extra);
   std::vector<double> m(M), l(M);
   std::vector<F> pos(p.pos_in_cols ? M : 0);
   std::vector<Scratch<F>> scratch(nt);
@@ -946,10 +952,10 @@ void forward_general(const Kernels<F>& k, const ContrastiveProblem& p, F* lse, F
     for (int64_t I = 0; I < PU.nb; ++I) {
       const int mi = PU.valid(I);
       const int64_t r0 = I * kB;
-      double mm[kB], ll[kB];
+      double mm[kB], ll[kB];  // the negatives' log-sum-exp (the positive joins at the end)
       for (int a = 0; a < mi; ++a) {
-        mm[a] = extra ? static_cast<double>(extra[r0 + a]) : -std::numeric_limits<double>::infinity();
-        ll[a] = extra ? 1.0 : 0.0;
+        mm[a] = -std::numeric_limits<double>::infinity();
+        ll[a] = 0.0;
       }
       for (int64_t J = 0; J < PV.nb; ++J) {
         const int mj = PV.valid(J);
@@ -959,7 +965,10 @@ void forward_general(const Kernels<F>& k, const ContrastiveProblem& p, F* lse, F
         if (p.pos_in_cols) {
           for (int a = 0; a < mi; ++a) {
             const int64_t c = p.col_offset + (r0 + a + p.half) % M - c0;
-            if (c >= 0 && c < mj) pos[r0 + a] = S[a * kB + c];
+            if (c >= 0 && c < mj) {
+              pos[r0 + a] = S[a * kB + c];
+              S[a * kB + c] = kNegInf<F>;  // kept apart from the negatives' log-sum-exp
+            }
           }
         }
         k.max_rows(S, mi, s.rowmax);
@@ -973,17 +982,22 @@ void forward_general(const Kernels<F>& k, const ContrastiveProblem& p, F* lse, F
       }
     }
   }
-  finish_forward(p, m, l, pos, lse, row_loss, nt);
+  finish_forward(p, m, l, pos, stats, row_loss, nt);
 }
 
-// lse per padded row (+inf on padding, so exp(s - lse) = 0 there) and its minimum per block.
+// lse per padded row (+inf on padding, so exp(s - lse) = 0 there) and its minimum per block,
+// from the forward's statistics; and 1 - p_pos = exp(log(1 - p_pos)) per row, the
+// positive's p - 1 up to its sign (0 on padding).
 template <typename F>
-void padded_lse(const F* lse, int64_t M, int64_t nb, std::vector<F>& lse_pad,
-                std::vector<F>& block_min) {
+void padded_stats(const F* stats, int64_t M, int64_t nb, std::vector<F>& lse_pad,
+                  std::vector<F>& block_min, std::vector<F>& one_minus_p) {
+  const F* lse = stats;
   lse_pad.assign(nb * kB, std::numeric_limits<F>::infinity());
   std::copy(lse, lse + M, lse_pad.begin());
   block_min.assign(nb, std::numeric_limits<F>::infinity());
   for (int64_t a = 0; a < M; ++a) block_min[a / kB] = std::min(block_min[a / kB], lse[a]);
+  one_minus_p.assign(nb * kB, F(0));
+  for (int64_t a = 0; a < M; ++a) one_minus_p[a] = std::exp(stats[M + a]);
 }
 
 // out (rows, D) = scale * G (in the ``pad`` layout).
@@ -1005,14 +1019,14 @@ void write_grad(const F* G, int64_t rows, int64_t D, int64_t Dp, double scale, F
 
 template <typename F>
 void backward_symmetric(const Kernels<F>& k, const ContrastiveProblem& p, double grad,
-                        const F* lse, F* grad_u, int nt) {
+                        const F* stats, F* grad_u, int nt) {
   const int64_t M = p.M, D = p.D;
   Packed<F> P;
   pack(static_cast<const F*>(p.u), M, D, P, nt);
   const int64_t Dp = P.Dp;
   const F inv_t = static_cast<F>(p.inv_t);
-  std::vector<F> lse_pad, block_min;
-  padded_lse(lse, M, P.nb, lse_pad, block_min);
+  std::vector<F> lse_pad, block_min, q;
+  padded_stats(stats, M, P.nb, lse_pad, block_min, q);
   Buffer<F> G(P.nb * kB * Dp);
   std::fill(G.p, G.p + P.nb * kB * Dp, F(0));
   std::vector<Scratch<F>> scratch(nt);
@@ -1040,10 +1054,12 @@ void backward_symmetric(const Kernels<F>& k, const ContrastiveProblem& p, double
     } else {
       k.h_split(S, mi, la, lc);
     }
-    // H = P + P^T - 2 Y on the tile (Y symmetric: the positive map is an involution).
+    // H = P + P^T - 2 Y on the tile (Y symmetric: the positive map is an involution). At a
+    // positive pair (a, c), H = (p_a - 1) + (p_c - 1) = -(q_a + q_c), q = 1 - p_pos from the
+    // forward: P + P^T - 2 there would cancel to noise for confident rows.
     for (int a = 0; a < mi; ++a) {
       const int64_t c = (r0 + a + p.half) % M - c0;
-      if (c >= 0 && c < mj) S[a * kB + c] -= F(2);
+      if (c >= 0 && c < mj) S[a * kB + c] = -(q[r0 + a] + q[c0 + c]);
     }
     k.add_hu(S, P.pad_block(J), mi, mj, Dp, G.p + r0 * Dp);
     if (I != J) k.add_htu(S, P.pad_block(I), mi, mj, Dp, G.p + c0 * Dp);
@@ -1053,21 +1069,21 @@ void backward_symmetric(const Kernels<F>& k, const ContrastiveProblem& p, double
 
 template <typename F>
 void backward_general(const Kernels<F>& k, const ContrastiveProblem& p, double grad,
-                      const F* lse, F* grad_u, F* grad_v, int nt) {
+                      const F* stats, F* grad_u, F* grad_v, int nt) {
   const int64_t M = p.M, C = p.C, D = p.D;
   Packed<F> PU, PV;
   pack(static_cast<const F*>(p.u), M, D, PU, nt);
   pack(static_cast<const F*>(p.v), C, D, PV, nt);
   const int64_t Dp = PU.Dp;
   const F inv_t = static_cast<F>(p.inv_t);
-  std::vector<F> lse_pad, block_min;
-  padded_lse(lse, M, PU.nb, lse_pad, block_min);
+  std::vector<F> lse_pad, block_min, q;
+  padded_stats(stats, M, PU.nb, lse_pad, block_min, q);
   Buffer<F> GU(PU.nb * kB * Dp);
   std::fill(GU.p, GU.p + PU.nb * kB * Dp, F(0));
   Buffer<F> GV(grad_v ? PV.nb * kB * Dp : 0);
   if (grad_v) std::fill(GV.p, GV.p + PV.nb * kB * Dp, F(0));
 
-  // H = P - Y on tile (I, J), in S.
+  // H = P - Y on tile (I, J), in S; at the positive p - 1 = -q (see backward_symmetric).
   auto tile_h = [&](Scratch<F>& s, int64_t I, int64_t J, int mi, int mj) {
     F* S = s.S.p;
     const int64_t r0 = I * kB, c0 = J * kB;
@@ -1077,7 +1093,7 @@ void backward_general(const Kernels<F>& k, const ContrastiveProblem& p, double g
     if (p.pos_in_cols) {
       for (int a = 0; a < mi; ++a) {
         const int64_t c = p.col_offset + (r0 + a + p.half) % M - c0;
-        if (c >= 0 && c < mj) S[a * kB + c] -= F(1);
+        if (c >= 0 && c < mj) S[a * kB + c] = -q[r0 + a];
       }
     }
   };
@@ -1128,49 +1144,50 @@ void check(const ContrastiveProblem& p) {
 }
 
 template <typename F>
-void forward_t(const ContrastiveProblem& p, void* lse, void* row_loss, int isa, int nt) {
+void forward_t(const ContrastiveProblem& p, void* stats, void* row_loss, int isa, int nt) {
   const Kernels<F>& k = kernels_for<F>(isa);
   if (p.symmetric) {
-    forward_symmetric<F>(k, p, static_cast<F*>(lse), static_cast<F*>(row_loss), nt);
+    forward_symmetric<F>(k, p, static_cast<F*>(stats), static_cast<F*>(row_loss), nt);
   } else {
-    forward_general<F>(k, p, static_cast<F*>(lse), static_cast<F*>(row_loss), nt);
+    forward_general<F>(k, p, static_cast<F*>(stats), static_cast<F*>(row_loss), nt);
   }
 }
 
 template <typename F>
-void backward_t(const ContrastiveProblem& p, double grad, const void* lse, void* grad_u,
+void backward_t(const ContrastiveProblem& p, double grad, const void* stats, void* grad_u,
                 void* grad_v, int isa, int nt) {
   const Kernels<F>& k = kernels_for<F>(isa);
   if (p.symmetric) {
-    backward_symmetric<F>(k, p, grad, static_cast<const F*>(lse), static_cast<F*>(grad_u), nt);
+    backward_symmetric<F>(k, p, grad, static_cast<const F*>(stats), static_cast<F*>(grad_u),
+                          nt);
   } else {
-    backward_general<F>(k, p, grad, static_cast<const F*>(lse), static_cast<F*>(grad_u),
+    backward_general<F>(k, p, grad, static_cast<const F*>(stats), static_cast<F*>(grad_u),
                         static_cast<F*>(grad_v), nt);
   }
 }
 
 }  // namespace
 
-void contrastive_forward(const ContrastiveProblem& p, void* lse, void* row_loss, int isa,
+void contrastive_forward(const ContrastiveProblem& p, void* stats, void* row_loss, int isa,
                          int num_threads) {
   check(p);
   num_threads = resolve_threads(num_threads);
   if (p.is_double) {
-    forward_t<double>(p, lse, row_loss, isa, num_threads);
+    forward_t<double>(p, stats, row_loss, isa, num_threads);
   } else {
-    forward_t<float>(p, lse, row_loss, isa, num_threads);
+    forward_t<float>(p, stats, row_loss, isa, num_threads);
   }
 }
 
-void contrastive_backward(const ContrastiveProblem& p, double grad, const void* lse,
+void contrastive_backward(const ContrastiveProblem& p, double grad, const void* stats,
                           void* grad_u, void* grad_v, int isa, int num_threads) {
   check(p);
   num_threads = resolve_threads(num_threads);
   if (p.symmetric) grad_v = nullptr;
   if (p.is_double) {
-    backward_t<double>(p, grad, lse, grad_u, grad_v, isa, num_threads);
+    backward_t<double>(p, grad, stats, grad_u, grad_v, isa, num_threads);
   } else {
-    backward_t<float>(p, grad, lse, grad_u, grad_v, isa, num_threads);
+    backward_t<float>(p, grad, stats, grad_u, grad_v, isa, num_threads);
   }
 }
 

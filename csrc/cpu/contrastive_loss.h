@@ -6,13 +6,18 @@
 //   self_mask:    column col_offset + a is row a itself and is left out (NT-Xent);
 //   pos_in_cols:  row a's positive is column col_offset + (a + half) mod M (NT-Xent:
 //                 half = M / 2; in-batch InfoNCE: col_offset = half = 0, the diagonal);
-//                 otherwise ``extra`` (M) holds the positive logit (InfoNCE with a queue),
-//                 which joins the log-sum-exp as one more column;
+//                 otherwise ``extra`` (M) holds the positive logit (InfoNCE with a queue);
 //   symmetric:    V is U (single-process NT-Xent: the 2N rows against themselves).
-// Forward: lse_a = log sum_c exp(s_ac) (over the unmasked columns, plus extra_a), and the
-// per-row loss lse_a - s_a,pos (the mean is taken by the caller). Backward, with
-// P = exp(s - lse) and Y the positive one-hot, G = grad (P - Y) / (M T):
-//   grad_U = G V, grad_V = G^T U  (symmetric: grad_U = (G + G^T) U).
+// Forward: the log-sum-exp of each row's negatives, lse_neg_a (over the unmasked columns
+// other than the positive, which is kept apart as s_a,pos), then with x = lse_neg - s_pos
+// (in double): the per-row loss softplus(x) = lse_a - s_a,pos, and the statistics
+// lse_a = s_a,pos + softplus(x) and log(1 - p_a) = x - softplus(x), p_a = exp(s_a,pos - lse_a)
+// the positive's probability (the mean is taken by the caller). Neither the loss nor
+// 1 - p is formed by subtracting nearly equal numbers: for a confident row at low
+// temperature lse - s_pos and exp(s_pos - lse) - 1 lose every digit to the rounding of lse.
+// Backward, with P = exp(s - lse) and Y the positive one-hot, G = grad (P - Y) / (M T):
+//   grad_U = G V, grad_V = G^T U  (symmetric: grad_U = (G + G^T) U),
+// where the positive's entry p - 1 is taken as -exp(log(1 - p)) from the statistics.
 //
 // Tiles of kContrastiveBlock (128) rows x 128 columns. Each tile's logits come from a
 // register-blocked micro-kernel on packed, L2-resident panels and live only in a per-thread
@@ -71,14 +76,15 @@ struct ContrastiveProblem {
   bool is_double = false;  // fp64 data (and outputs) instead of fp32
 };
 
-// lse (M) and row_loss (M) = lse - positive logit, in the data dtype.
-void contrastive_forward(const ContrastiveProblem& p, void* lse, void* row_loss, int isa,
+// stats (2 M: lse, then log(1 - p_pos)) and row_loss (M) = lse - positive logit, in the
+// data dtype.
+void contrastive_forward(const ContrastiveProblem& p, void* stats, void* row_loss, int isa,
                          int num_threads);
 
 // grad_u (M, D) = grad * d(mean row loss)/dU, and, when grad_v is not null (and not
-// symmetric), grad_v (C, D) = grad * d/dV; both overwritten, in the data dtype. ``lse`` is
-// the forward's.
-void contrastive_backward(const ContrastiveProblem& p, double grad, const void* lse,
+// symmetric), grad_v (C, D) = grad * d/dV; both overwritten, in the data dtype. ``stats``
+// (2 M) are the forward's.
+void contrastive_backward(const ContrastiveProblem& p, double grad, const void* stats,
                           void* grad_u, void* grad_v, int isa, int num_threads);
 
 // The code path fp32 takes for a requested isa on this CPU: "avx512", "avx2" or "portable".

@@ -34,8 +34,15 @@ The global batch equivalent to W ranks is ``z = [z1_0; ...; z1_{W-1}; z2_0; ...;
 each row's loss depends only on its positive and on the set of all columns, not on their
 order, so the rank-major column order of the gather changes nothing.
 
+Numerics, in every backend: each row's log-sum-exp is taken over its negatives alone and
+combined with the positive logit in a form that does not cancel (see ``_finish_rows``): the
+loss and the positive's gradient p - 1 of a confident row (a tiny loss, at low temperature)
+keep their relative accuracy instead of being lost to the rounding of lse, and the rows are
+scaled by a power of two before their norms are taken, so that norms beyond the fp32 range
+of the squares (~1.8e19) still normalise (``_row_norms``).
+
 Backends: ``reference`` (plain torch below: the N x N logits and an analytic backward that
-uses the saved per-row log-sum-exp, as a tiled kernel would), ``triton``
+uses the saved per-row statistics, as a tiled kernel would), ``triton``
 (kernels/contrastive_loss.py: flash-attention-style tiles with an online log-sum-exp, the
 logits never stored; the backward recomputes them from the saved log-sum-exp) and ``cpu``
 (csrc/cpu/contrastive_loss.cpp, C++/OpenMP: 128 x 128 tiles from AVX-512 micro-kernels on
@@ -308,24 +315,114 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# ------------------------------------------------------------------ reference backend
+# ------------------------------------------------------------- shared numerics (all backends)
+# Row statistics. Each row's log-sum-exp is split into its positive logit s_pos and the
+# log-sum-exp of the other (negative) columns, lse_neg, accumulated with the positive left
+# out. With x = lse_neg - s_pos:
+#
+#     row loss    = lse - s_pos        = softplus(x)   = max(x, 0) + log1p(exp(-|x|))
+#     log(1 - p)  = lse_neg - lse      = x - softplus(x) = min(x, 0) - log1p(exp(-|x|))
+#     lse         = s_pos + softplus(x)
+#
+# where p = exp(s_pos - lse) is the positive's softmax probability. Forming the loss as
+# lse - s_pos, or the positive's gradient p - 1 as exp(s_pos - lse) - 1, cancels
+# catastrophically when the positive dominates (a confident row at low temperature: lse
+# rounded to fp32 carries an absolute error of ~eps |lse|, against a true loss or 1 - p of
+# e.g. 1e-5): relative errors up to 1 and beyond. The forms above have none, and the
+# backward takes p - 1 = -(sum of the negatives' probabilities) = -exp(log(1 - p)) from the
+# saved statistic. The forward therefore saves (2, M) statistics ``[lse; log(1 - p)]``.
+
+
+def _softplus_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(softplus(x), x - softplus(x)) without cancellation or overflow, exact for x = -inf
+    (a row without negatives: loss 0, log(1 - p) = -inf). torch's F.softplus switches to
+    the identity above a threshold, an absolute error of up to 2e-9 that fp64 would see."""
+    tail = torch.log1p(torch.exp(-x.abs()))
+    return x.clamp_min(0) + tail, x.clamp_max(0) - tail
+
+
+def _finish_rows(s_pos: Tensor, lse_neg: Tensor) -> tuple[Tensor, Tensor]:
+    """Row losses (M,) and the saved statistics (2, M) [lse; log(1 - p_pos)] from each row's
+    positive logit and the log-sum-exp of its negatives."""
+    loss, log_q = _softplus_parts(lse_neg - s_pos)
+    return loss, torch.stack([s_pos + loss, log_q])
+
+
+# Row normalisation, shared by every backend. The squares in ||x|| overflow fp32 for norms
+# above ~1.8e19 (||x|| became inf, u = 0: a constant loss log(C) and zero gradients, with
+# no error) and flush to zero for tiny ones; so each row is first divided by a power of two
+# s <= max |x| (exact), which brings its largest entry into [1, 2): ||x|| = s ||x / s||.
+# Rows with ||x|| <= eps are divided by eps instead, as torch.nn.functional.normalize does.
+
+_EXPONENT_BITS = {
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+}
+
+
+@dataclass(frozen=True)
+class _RowNorms:
+    """u = (x / scale) / denom: ``scale`` (M, 1) the power of two, ``denom`` (M, 1)
+    ||x / scale|| (or eps / scale where ||x|| <= eps), ``unit`` (M, 1) whether ||x|| > eps."""
+
+    scale: Tensor
+    denom: Tensor
+    unit: Tensor
+
+
+def _row_norms(x: Tensor) -> tuple[Tensor, _RowNorms]:
+    """x / scale (a fresh (M, D) tensor) and the row norms of x (accumulation dtype)."""
+    int_dtype, mask = _EXPONENT_BITS[x.dtype]
+    # max |x| from two reductions: no (M, D) temporary for |x| (this runs on every call).
+    top = torch.maximum(x.amax(dim=1, keepdim=True), -x.amin(dim=1, keepdim=True))
+    # The exponent bits alone: the largest power of two <= max |x|; 0 for a zero or
+    # subnormal row, whose norm is far below eps, so any scale (1) serves there.
+    scale = (top.view(int_dtype) & mask).view(x.dtype)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scaled = x / scale
+    norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+    unit = norm * scale > NORM_EPS  # may be inf: still > eps
+    # eps / scale underflows only on rows with a huge scale, which take the other branch.
+    denom = torch.where(unit, norm, NORM_EPS / scale)
+    return scaled, _RowNorms(scale, denom, unit)
+
+
+def _unit(x: Tensor, normalize: bool) -> tuple[Tensor, _RowNorms | None]:
+    """x / max(||x||, eps) in the accumulation dtype, contiguous, and the norms its backward
+    needs (None without normalisation: x itself)."""
+    x = x.to(_acc_dtype(x.dtype))
+    if not normalize:
+        return x.contiguous(), None
+    scaled, norms = _row_norms(x)
+    return scaled.div_(norms.denom).contiguous(), norms
 
 
 def _normalize_fwd(x: Tensor, normalize: bool) -> Tensor:
-    x = x.to(_acc_dtype(x.dtype))
-    return x / x.norm(dim=1, keepdim=True).clamp_min(NORM_EPS) if normalize else x
+    return _unit(x, normalize)[0]
+
+
+def _normalize_bwd_into(u: Tensor, norms: _RowNorms | None, grad_u: Tensor) -> Tensor:
+    """The gradient through u = x / max(||x||, eps), in place: ``grad_u`` (the loss's
+    gradient for u, a fresh buffer) becomes (g - u (u . g)) / ||x|| (or g / eps where
+    ||x|| <= eps) and ``u`` (no longer needed) is the scratch, so a backend's memory stays at
+    a few (M, D) buffers. The division goes by ||x / s|| then by the power of two s, so that
+    it neither overflows nor underflows where ||x|| itself would."""
+    if norms is None:
+        return grad_u
+    dot = torch.bmm(u.unsqueeze(1), grad_u.unsqueeze(2)).squeeze(2)  # (M, 1): u . g
+    dot = torch.where(norms.unit, dot, torch.zeros_like(dot))  # no projection below eps
+    return grad_u.sub_(u.mul_(dot)).div_(norms.denom).div_(norms.scale)
 
 
 def _normalize_bwd(x: Tensor, grad_u: Tensor, normalize: bool) -> Tensor:
     """Gradient through u = x / max(||x||, eps): (g - u (u . g)) / ||x||, or g / eps."""
-    if normalize:
-        x = x.to(grad_u.dtype)
-        norm = x.norm(dim=1, keepdim=True)
-        denom = norm.clamp_min(NORM_EPS)
-        u = x / denom
-        projected = (grad_u - u * (u * grad_u).sum(dim=1, keepdim=True)) / denom
-        grad_u = torch.where(norm > NORM_EPS, projected, grad_u / NORM_EPS)
-    return grad_u
+    if not normalize:
+        return grad_u
+    u, norms = _unit(x.to(grad_u.dtype), normalize)
+    return _normalize_bwd_into(u, norms, grad_u.clone())
+
+
+# ------------------------------------------------------------------ reference backend
 
 
 def _nt_xent_logits(
@@ -341,17 +438,34 @@ def _nt_xent_logits(
     return logits, self_col, pos_col
 
 
+def _rows_from_logits(logits: Tensor, pos_col: Tensor) -> tuple[Tensor, Tensor]:
+    """Row losses and statistics (see :func:`_finish_rows`) of (M, C) logits whose row i has
+    its positive at column pos_col[i]."""
+    j = torch.arange(logits.shape[0], device=logits.device)
+    s_pos = logits[j, pos_col]
+    negatives = logits.clone()
+    negatives[j, pos_col] = float("-inf")
+    return _finish_rows(s_pos, torch.logsumexp(negatives, dim=1))
+
+
+def _dlogits(logits: Tensor, pos_col: Tensor, stats: Tensor, scale: Tensor) -> Tensor:
+    """scale * (P - Y): P = exp(s - lse) (0 on masked columns), and at the positive
+    p - 1 = -exp(log(1 - p)) from the saved statistic (not exp(s - lse) - 1, which cancels)."""
+    dlogits = torch.exp(logits - stats[0][:, None])
+    j = torch.arange(logits.shape[0], device=logits.device)
+    dlogits[j, pos_col] = -torch.exp(stats[1])
+    return dlogits.mul_(scale)
+
+
 def _nt_xent_fwd_reference(
     rows: Tensor, cols: Tensor | None, offset: int, temperature: float, normalize: bool
 ) -> tuple[Tensor, Tensor]:
-    """Loss () and the per-row log-sum-exp (M,) that the backward reuses."""
+    """Loss () and the per-row statistics (2, M) that the backward reuses."""
     u_rows = _normalize_fwd(rows, normalize)
     u_cols = u_rows if cols is None else _normalize_fwd(cols, normalize)
     logits, _, pos_col = _nt_xent_logits(u_rows, u_cols, offset, temperature)
-    lse = torch.logsumexp(logits, dim=1)
-    j = torch.arange(rows.shape[0], device=rows.device)
-    loss = (lse - logits[j, pos_col]).mean()
-    return loss, lse
+    row_loss, stats = _rows_from_logits(logits, pos_col)
+    return row_loss.mean(), stats
 
 
 def _nt_xent_bwd_reference(
@@ -361,7 +475,7 @@ def _nt_xent_bwd_reference(
     offset: int,
     temperature: float,
     normalize: bool,
-    lse: Tensor,
+    stats: Tensor,
 ) -> tuple[Tensor, Tensor | None]:
     """dloss/drows (M, D) and dloss/dcols (C, D) (None when cols is None: then the column
     term is already added into the rows' gradient). With P = softmax of the masked logits
@@ -370,9 +484,8 @@ def _nt_xent_bwd_reference(
     u_rows = _normalize_fwd(rows, normalize)
     u_cols = u_rows if cols is None else _normalize_fwd(cols, normalize)
     logits, _, pos_col = _nt_xent_logits(u_rows, u_cols, offset, temperature)
-    dlogits = torch.exp(logits - lse[:, None])  # exp(-inf) = 0 on the masked column
-    dlogits[torch.arange(m, device=rows.device), pos_col] -= 1
-    dlogits *= grad.to(dlogits.dtype) / (m * temperature)  # also d(s)/d(u.u) = 1/T
+    # Also d(s)/d(u.u) = 1/T.
+    dlogits = _dlogits(logits, pos_col, stats, grad.to(logits.dtype) / (m * temperature))
     grad_u_rows = dlogits @ u_cols
     grad_u_cols = dlogits.T @ u_rows
     if cols is None:
@@ -400,9 +513,8 @@ def _info_nce_fwd_reference(
     u_q, u_k = _normalize_fwd(q, normalize), _normalize_fwd(k, normalize)
     u_queue = None if queue is None else _normalize_fwd(queue, normalize)
     logits, pos = _info_nce_logits(u_q, u_k, u_queue, temperature)
-    lse = torch.logsumexp(logits, dim=1)
-    loss = (lse - logits[torch.arange(q.shape[0], device=q.device), pos]).mean()
-    return loss, lse
+    row_loss, stats = _rows_from_logits(logits, pos)
+    return row_loss.mean(), stats
 
 
 def _info_nce_bwd_reference(
@@ -412,15 +524,13 @@ def _info_nce_bwd_reference(
     queue: Tensor | None,
     temperature: float,
     normalize: bool,
-    lse: Tensor,
+    stats: Tensor,
 ) -> tuple[Tensor, Tensor]:
     n = q.shape[0]
     u_q, u_k = _normalize_fwd(q, normalize), _normalize_fwd(k, normalize)
     u_queue = None if queue is None else _normalize_fwd(queue, normalize)
     logits, pos = _info_nce_logits(u_q, u_k, u_queue, temperature)
-    dlogits = torch.exp(logits - lse[:, None])
-    dlogits[torch.arange(n, device=q.device), pos] -= 1
-    dlogits *= grad.to(dlogits.dtype) / (n * temperature)
+    dlogits = _dlogits(logits, pos, stats, grad.to(logits.dtype) / (n * temperature))
     if u_queue is None:
         grad_u_q = dlogits @ u_k
         grad_u_k = dlogits.T @ u_q
@@ -431,6 +541,17 @@ def _info_nce_bwd_reference(
     grad_q = _normalize_bwd(q, grad_u_q, normalize).to(q.dtype)
     grad_k = _normalize_bwd(k, grad_u_k, normalize).to(k.dtype)
     return grad_q, grad_k
+
+
+def _positive_outside_cols(
+    grad: Tensor, u_q: Tensor, u_k: Tensor, stats: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """InfoNCE with a queue, the positive logit's share of the gradients for u_q and u_k
+    (it is no column of the kernels): d l_pos = (p - 1) grad / (N T), p - 1 = -exp(log(1 - p))."""
+    d_pos = -torch.exp(stats[1].to(u_q.dtype))[:, None] * (
+        grad.to(u_q.dtype) / (u_q.shape[0] * temperature)
+    )
+    return d_pos * u_k, d_pos * u_q
 
 
 # --------------------------------------------------------------------- triton backend
@@ -444,16 +565,12 @@ def _triton_kernels():
     return kernel
 
 
-def _unit(x: Tensor, normalize: bool) -> Tensor:
-    return _normalize_fwd(x, normalize).contiguous()
-
-
 def _nt_xent_fwd_triton(
     rows: Tensor, cols: Tensor | None, offset: int, temperature: float, normalize: bool
 ) -> tuple[Tensor, Tensor]:
-    u_rows = _unit(rows, normalize)
-    u_cols = u_rows if cols is None else _unit(cols, normalize)
-    row_loss, lse = _triton_kernels().forward(
+    u_rows, _ = _unit(rows, normalize)
+    u_cols = u_rows if cols is None else _unit(cols, normalize)[0]
+    row_loss, stats = _triton_kernels().forward(
         u_rows,
         u_cols,
         temperature,
@@ -462,7 +579,7 @@ def _nt_xent_fwd_triton(
         self_mask=True,
         pos_in_cols=True,
     )
-    return row_loss.mean(), lse
+    return row_loss.mean(), stats
 
 
 def _nt_xent_bwd_triton(
@@ -472,10 +589,10 @@ def _nt_xent_bwd_triton(
     offset: int,
     temperature: float,
     normalize: bool,
-    lse: Tensor,
+    stats: Tensor,
 ) -> tuple[Tensor, Tensor | None]:
-    u_rows = _unit(rows, normalize)
-    u_cols = u_rows if cols is None else _unit(cols, normalize)
+    u_rows, norms_rows = _unit(rows, normalize)
+    u_cols, norms_cols = (u_rows, None) if cols is None else _unit(cols, normalize)
     grad_u_rows = torch.zeros_like(u_rows)
     # Single process: the rows are the columns, both kernels add into one buffer.
     grad_u_cols = grad_u_rows if cols is None else torch.zeros_like(u_cols)
@@ -483,7 +600,7 @@ def _nt_xent_bwd_triton(
         grad,
         u_rows,
         u_cols,
-        lse.to(u_rows.dtype).contiguous(),
+        stats.to(u_rows.dtype).contiguous(),
         temperature,
         grad_u_rows,
         grad_u_cols,
@@ -492,28 +609,29 @@ def _nt_xent_bwd_triton(
         self_mask=True,
         pos_in_cols=True,
     )
-    grad_rows = _normalize_bwd(rows, grad_u_rows, normalize).to(rows.dtype)
+    grad_rows = _normalize_bwd_into(u_rows, norms_rows, grad_u_rows).to(rows.dtype)
     if cols is None:
         return grad_rows, None
-    return grad_rows, _normalize_bwd(cols, grad_u_cols, normalize).to(cols.dtype)
+    return grad_rows, _normalize_bwd_into(u_cols, norms_cols, grad_u_cols).to(cols.dtype)
 
 
 def _info_nce_fwd_triton(
     q: Tensor, k: Tensor, queue: Tensor | None, temperature: float, normalize: bool
 ) -> tuple[Tensor, Tensor]:
     kernel = _triton_kernels()
-    u_q, u_k = _unit(q, normalize), _unit(k, normalize)
+    u_q, u_k = _unit(q, normalize)[0], _unit(k, normalize)[0]
     if queue is None:  # in-batch negatives: the positive is the diagonal
-        row_loss, lse = kernel.forward(u_q, u_k, temperature, pos_in_cols=True)
-        return row_loss.mean(), lse
+        row_loss, stats = kernel.forward(u_q, u_k, temperature, pos_in_cols=True)
+        return row_loss.mean(), stats
     # With a queue the positive is one extra logit per row, outside the column tiles.
     l_pos = (u_q * u_k).sum(dim=1) / temperature
-    if queue.shape[0] == 0:
-        return torch.zeros_like(l_pos).mean(), l_pos
-    row_loss, lse = kernel.forward(
-        u_q, _unit(queue, normalize), temperature, pos_in_cols=False, extra=l_pos.contiguous()
+    if queue.shape[0] == 0:  # no negatives: loss 0, p = 1
+        row_loss, stats = _finish_rows(l_pos, torch.full_like(l_pos, float("-inf")))
+        return row_loss.mean(), stats
+    row_loss, stats = kernel.forward(
+        u_q, _unit(queue, normalize)[0], temperature, pos_in_cols=False, extra=l_pos.contiguous()
     )
-    return row_loss.mean(), lse
+    return row_loss.mean(), stats
 
 
 def _info_nce_bwd_triton(
@@ -523,35 +641,33 @@ def _info_nce_bwd_triton(
     queue: Tensor | None,
     temperature: float,
     normalize: bool,
-    lse: Tensor,
+    stats: Tensor,
 ) -> tuple[Tensor, Tensor]:
     kernel = _triton_kernels()
-    u_q, u_k = _unit(q, normalize), _unit(k, normalize)
-    lse = lse.to(u_q.dtype).contiguous()
+    (u_q, norms_q), (u_k, norms_k) = _unit(q, normalize), _unit(k, normalize)
+    stats = stats.to(u_q.dtype).contiguous()
     grad_u_q = torch.zeros_like(u_q)
     if queue is None:
         grad_u_k = torch.zeros_like(u_k)
-        kernel.backward(grad, u_q, u_k, lse, temperature, grad_u_q, grad_u_k, pos_in_cols=True)
+        kernel.backward(grad, u_q, u_k, stats, temperature, grad_u_q, grad_u_k, pos_in_cols=True)
     else:
         if queue.shape[0] > 0:  # the queue's columns; no gradient for the queue itself
-            u_queue = _unit(queue, normalize)
-            kernel.backward(grad, u_q, u_queue, lse, temperature, grad_u_q, None, pos_in_cols=False)
-        # The positive logit's share, d l_pos = (p_pos - 1) * grad / (N T), in torch.
-        l_pos = (u_q * u_k).sum(dim=1, keepdim=True) / temperature
-        d_pos = (torch.exp(l_pos - lse[:, None]) - 1) * (
-            grad.to(u_q.dtype) / (q.shape[0] * temperature)
-        )
-        grad_u_q += d_pos * u_k
-        grad_u_k = d_pos * u_q
-    grad_q = _normalize_bwd(q, grad_u_q, normalize).to(q.dtype)
-    grad_k = _normalize_bwd(k, grad_u_k, normalize).to(k.dtype)
+            u_queue = _unit(queue, normalize)[0]
+            kernel.backward(
+                grad, u_q, u_queue, stats, temperature, grad_u_q, None, pos_in_cols=False
+            )
+        share_q, grad_u_k = _positive_outside_cols(grad, u_q, u_k, stats, temperature)
+        grad_u_q += share_q
+    grad_q = _normalize_bwd_into(u_q, norms_q, grad_u_q).to(q.dtype)
+    grad_k = _normalize_bwd_into(u_k, norms_k, grad_u_k).to(k.dtype)
     return grad_q, grad_k
 
 
 # ------------------------------------------------------------------------ cpu backend
 # csrc/cpu/contrastive_loss.cpp on raw pointers: the kernels see contiguous unit (or raw)
 # rows in the accumulation dtype; normalisation and its backward stay in torch, as for
-# triton. The kernel returns the per-row loss and lse (the mean is taken here).
+# triton. The kernel returns the per-row loss and the (2, M) statistics (the mean is taken
+# here).
 
 # Instruction-set cap for the cpu kernels (0: the best the CPU has; 1 portable C++, 2 AVX2,
 # 3 AVX-512); tests lower it to run every code path this machine can.
@@ -582,25 +698,26 @@ def _cpu_forward(
     self_mask: bool = False,
     pos_in_cols: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row loss (M,) and lse (M,) of u (M, D) against v (C, D) (None: u itself, the
-    symmetric single-process NT-Xent), contiguous, fp32 or fp64."""
+    """Per-row loss (M,) and statistics (2, M) [lse; log(1 - p_pos)] of u (M, D) against
+    v (C, D) (None: u itself, the symmetric single-process NT-Xent), contiguous, fp32 or
+    fp64; ``extra`` (M,) the positive logits when they are not columns."""
     m, d = u.shape
-    lse = torch.empty(m, dtype=u.dtype)
+    stats = torch.empty(2, m, dtype=u.dtype)
     row_loss = torch.empty(m, dtype=u.dtype)
     _native.cpu.contrastive_forward(
         _ptr(u), _ptr(v), _ptr(extra), m, m if v is None else v.shape[0], d,
         1.0 / temperature, col_offset, half, self_mask, pos_in_cols, v is None,
-        u.dtype == torch.float64, lse.data_ptr(), row_loss.data_ptr(),
+        u.dtype == torch.float64, stats.data_ptr(), row_loss.data_ptr(),
         isa=_cpu_isa, num_threads=torch.get_num_threads(),
     )  # fmt: skip
-    return row_loss, lse
+    return row_loss, stats
 
 
 def _cpu_backward(
     grad: Tensor,
     u: Tensor,
     v: Tensor | None,
-    lse: Tensor,
+    stats: Tensor,
     temperature: float,
     *,
     want_v: bool,
@@ -613,9 +730,9 @@ def _cpu_backward(
     m, d = u.shape
     grad_u = torch.empty_like(u)
     grad_v = torch.empty_like(v) if want_v and v is not None else None
-    lse = lse.to(u.dtype).contiguous()  # kept alive across the call
+    stats = stats.to(u.dtype).contiguous()  # kept alive across the call
     _native.cpu.contrastive_backward(
-        float(grad), _ptr(u), _ptr(v), lse.data_ptr(), m,
+        float(grad), _ptr(u), _ptr(v), stats.data_ptr(), m,
         m if v is None else v.shape[0], d, 1.0 / temperature, col_offset, half, self_mask,
         pos_in_cols, v is None, u.dtype == torch.float64, grad_u.data_ptr(), _ptr(grad_v),
         isa=_cpu_isa, num_threads=torch.get_num_threads(),
@@ -623,28 +740,12 @@ def _cpu_backward(
     return grad_u, grad_v
 
 
-def _normalize_bwd_into(x: Tensor, u: Tensor, grad_u: Tensor, normalize: bool) -> Tensor:
-    """:func:`_normalize_bwd` without an (M, D) temporary: ``grad_u`` (a fresh kernel output)
-    becomes the gradient for x in place and ``u`` (x's unit rows from :func:`_unit`, no
-    longer needed) is the scratch. Keeps the backend's memory at a few (M, D) buffers."""
-    if not normalize:
-        return grad_u
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=grad_u.dtype)
-    dot = torch.bmm(u.unsqueeze(1), grad_u.unsqueeze(2)).squeeze(2)  # (M, 1): u . g
-    zero = (norm <= NORM_EPS).squeeze(1)
-    zero_rows = grad_u[zero] / NORM_EPS if bool(zero.any()) else None
-    grad_u.sub_(u.mul_(dot)).div_(norm.clamp_min_(NORM_EPS))
-    if zero_rows is not None:
-        grad_u[zero] = zero_rows
-    return grad_u
-
-
 def _nt_xent_fwd_cpu(
     rows: Tensor, cols: Tensor | None, offset: int, temperature: float, normalize: bool
 ) -> tuple[Tensor, Tensor]:
-    u_rows = _unit(rows, normalize)
-    u_cols = None if cols is None else _unit(cols, normalize)
-    row_loss, lse = _cpu_forward(
+    u_rows, _ = _unit(rows, normalize)
+    u_cols = None if cols is None else _unit(cols, normalize)[0]
+    row_loss, stats = _cpu_forward(
         u_rows,
         u_cols,
         None,
@@ -654,7 +755,7 @@ def _nt_xent_fwd_cpu(
         self_mask=True,
         pos_in_cols=True,
     )
-    return row_loss.mean(), lse
+    return row_loss.mean(), stats
 
 
 def _nt_xent_bwd_cpu(
@@ -664,16 +765,16 @@ def _nt_xent_bwd_cpu(
     offset: int,
     temperature: float,
     normalize: bool,
-    lse: Tensor,
+    stats: Tensor,
 ) -> tuple[Tensor, Tensor | None]:
-    u_rows = _unit(rows, normalize)
-    u_cols = None if cols is None else _unit(cols, normalize)
+    u_rows, norms_rows = _unit(rows, normalize)
+    u_cols, norms_cols = (None, None) if cols is None else _unit(cols, normalize)
     # Single process: the kernel's row gradient already holds the column term.
     grad_u_rows, grad_u_cols = _cpu_backward(
         grad,
         u_rows,
         u_cols,
-        lse,
+        stats,
         temperature,
         want_v=True,
         col_offset=offset,
@@ -681,25 +782,25 @@ def _nt_xent_bwd_cpu(
         self_mask=True,
         pos_in_cols=True,
     )
-    grad_rows = _normalize_bwd_into(rows, u_rows, grad_u_rows, normalize).to(rows.dtype)
+    grad_rows = _normalize_bwd_into(u_rows, norms_rows, grad_u_rows).to(rows.dtype)
     if cols is None:
         return grad_rows, None
-    return grad_rows, _normalize_bwd_into(cols, u_cols, grad_u_cols, normalize).to(cols.dtype)
+    return grad_rows, _normalize_bwd_into(u_cols, norms_cols, grad_u_cols).to(cols.dtype)
 
 
 def _info_nce_fwd_cpu(
     q: Tensor, k: Tensor, queue: Tensor | None, temperature: float, normalize: bool
 ) -> tuple[Tensor, Tensor]:
-    u_q, u_k = _unit(q, normalize), _unit(k, normalize)
+    u_q, u_k = _unit(q, normalize)[0], _unit(k, normalize)[0]
     if queue is None:  # in-batch negatives: the positive is the diagonal
-        row_loss, lse = _cpu_forward(u_q, u_k, None, temperature)
-        return row_loss.mean(), lse
+        row_loss, stats = _cpu_forward(u_q, u_k, None, temperature)
+        return row_loss.mean(), stats
     # With a queue the positive is one extra logit per row, outside the columns.
     l_pos = ((u_q * u_k).sum(dim=1) / temperature).contiguous()
-    row_loss, lse = _cpu_forward(
-        u_q, _unit(queue, normalize), l_pos, temperature, pos_in_cols=False
+    row_loss, stats = _cpu_forward(
+        u_q, _unit(queue, normalize)[0], l_pos, temperature, pos_in_cols=False
     )
-    return row_loss.mean(), lse
+    return row_loss.mean(), stats
 
 
 def _info_nce_bwd_cpu(
@@ -709,34 +810,32 @@ def _info_nce_bwd_cpu(
     queue: Tensor | None,
     temperature: float,
     normalize: bool,
-    lse: Tensor,
+    stats: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    u_q, u_k = _unit(q, normalize), _unit(k, normalize)
+    (u_q, norms_q), (u_k, norms_k) = _unit(q, normalize), _unit(k, normalize)
     if queue is None:
-        grad_u_q, grad_u_k = _cpu_backward(grad, u_q, u_k, lse, temperature, want_v=True)
+        grad_u_q, grad_u_k = _cpu_backward(grad, u_q, u_k, stats, temperature, want_v=True)
     else:  # the queue's columns (no gradient for the queue), then the positive's share
         grad_u_q, _ = _cpu_backward(
-            grad, u_q, _unit(queue, normalize), lse, temperature, want_v=False, pos_in_cols=False
-        )
-        l_pos = (u_q * u_k).sum(dim=1, keepdim=True) / temperature
-        d_pos = (torch.exp(l_pos - lse.to(u_q.dtype)[:, None]) - 1) * (
-            grad.to(u_q.dtype) / (q.shape[0] * temperature)
-        )
-        grad_u_q += d_pos * u_k
-        grad_u_k = d_pos * u_q
-    grad_q = _normalize_bwd_into(q, u_q, grad_u_q, normalize).to(q.dtype)
-    grad_k = _normalize_bwd_into(k, u_k, grad_u_k, normalize).to(k.dtype)
+            grad, u_q, _unit(queue, normalize)[0], stats, temperature, want_v=False,
+            pos_in_cols=False,
+        )  # fmt: skip
+        share_q, grad_u_k = _positive_outside_cols(grad, u_q, u_k, stats, temperature)
+        grad_u_q += share_q
+    grad_q = _normalize_bwd_into(u_q, norms_q, grad_u_q).to(q.dtype)
+    grad_k = _normalize_bwd_into(u_k, norms_k, grad_u_k).to(k.dtype)
     return grad_q, grad_k
 
 
 @dataclass(frozen=True)
 class ContrastiveBackend:
-    """One backend's kernels: forward -> (loss, per-row lse); backward -> input grads.
+    """One backend's kernels: forward -> (loss, per-row statistics (2, M) [lse; log(1 - p)],
+    see :func:`_finish_rows`); backward -> input grads.
 
     ``nt_xent_fwd(rows, cols | None, col_offset, T, normalize)``;
-    ``nt_xent_bwd(grad, rows, cols | None, col_offset, T, normalize, lse)``;
+    ``nt_xent_bwd(grad, rows, cols | None, col_offset, T, normalize, stats)``;
     ``info_nce_fwd(q, k, queue | None, T, normalize)``;
-    ``info_nce_bwd(grad, q, k, queue | None, T, normalize, lse)``.
+    ``info_nce_bwd(grad, q, k, queue | None, T, normalize, stats)``.
     """
 
     nt_xent_fwd: Callable[..., tuple[Tensor, Tensor]]
@@ -781,9 +880,9 @@ def _select(device: torch.device, backend: str) -> ContrastiveBackend:
     return _dispatch.select("contrastive_loss", IMPLS, device, backend or None)[1]  # type: ignore[arg-type]
 
 
-def _fake_loss_and_lse(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+def _fake_loss_and_stats(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     acc = _acc_dtype(x.dtype)
-    return x.new_empty((), dtype=acc), x.new_empty((rows,), dtype=acc)
+    return x.new_empty((), dtype=acc), x.new_empty((2, rows), dtype=acc)
 
 
 def _no_autocast(x: Tensor):
@@ -813,7 +912,7 @@ def _nt_xent_op(
 
 @_nt_xent_op.register_fake
 def _(rows, cols, col_offset, temperature, normalize, backend):
-    return _fake_loss_and_lse(rows, rows.shape[0])
+    return _fake_loss_and_stats(rows, rows.shape[0])
 
 
 @torch.library.custom_op("radengine::nt_xent_backward", mutates_args=())
@@ -825,19 +924,19 @@ def _nt_xent_backward_op(
     temperature: float,
     normalize: bool,
     backend: str,
-    lse: Tensor,
+    stats: Tensor,
 ) -> tuple[Tensor, Tensor]:
     impl = _select(rows.device, backend)
     with _no_autocast(rows):
         grad_rows, grad_cols = impl.nt_xent_bwd(
-            grad, rows, cols, col_offset, temperature, normalize, lse
+            grad, rows, cols, col_offset, temperature, normalize, stats
         )
     # A custom op cannot return None: an empty tensor stands for "no cols".
     return grad_rows, grad_cols if grad_cols is not None else rows.new_empty((0,))
 
 
 @_nt_xent_backward_op.register_fake
-def _(grad, rows, cols, col_offset, temperature, normalize, backend, lse):
+def _(grad, rows, cols, col_offset, temperature, normalize, backend, stats):
     return rows.new_empty(rows.shape), (
         cols.new_empty(cols.shape) if cols is not None else rows.new_empty((0,))
     )
@@ -851,11 +950,11 @@ def _nt_xent_setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(output[1])
 
 
-def _nt_xent_backward(ctx, grad_loss: Tensor, _grad_lse: Tensor | None):
-    rows, cols, lse = ctx.saved_tensors
+def _nt_xent_backward(ctx, grad_loss: Tensor, _grad_stats: Tensor | None):
+    rows, cols, stats = ctx.saved_tensors
     col_offset, temperature, normalize, backend = ctx.args
     grad_rows, grad_cols = torch.ops.radengine.nt_xent_backward(
-        grad_loss, rows, cols, col_offset, temperature, normalize, backend, lse
+        grad_loss, rows, cols, col_offset, temperature, normalize, backend, stats
     )
     return grad_rows, (grad_cols if ctx.has_cols else None), None, None, None, None
 
@@ -879,7 +978,7 @@ def _info_nce_op(
 
 @_info_nce_op.register_fake
 def _(q, k, queue, temperature, normalize, backend):
-    return _fake_loss_and_lse(q, q.shape[0])
+    return _fake_loss_and_stats(q, q.shape[0])
 
 
 @torch.library.custom_op("radengine::info_nce_backward", mutates_args=())
@@ -891,15 +990,15 @@ def _info_nce_backward_op(
     temperature: float,
     normalize: bool,
     backend: str,
-    lse: Tensor,
+    stats: Tensor,
 ) -> tuple[Tensor, Tensor]:
     impl = _select(q.device, backend)
     with _no_autocast(q):
-        return impl.info_nce_bwd(grad, q, k, queue, temperature, normalize, lse)
+        return impl.info_nce_bwd(grad, q, k, queue, temperature, normalize, stats)
 
 
 @_info_nce_backward_op.register_fake
-def _(grad, q, k, queue, temperature, normalize, backend, lse):
+def _(grad, q, k, queue, temperature, normalize, backend, stats):
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
@@ -910,11 +1009,11 @@ def _info_nce_setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(output[1])
 
 
-def _info_nce_backward(ctx, grad_loss: Tensor, _grad_lse: Tensor | None):
-    q, k, queue, lse = ctx.saved_tensors
+def _info_nce_backward(ctx, grad_loss: Tensor, _grad_stats: Tensor | None):
+    q, k, queue, stats = ctx.saved_tensors
     temperature, normalize, backend = ctx.args
     grad_q, grad_k = torch.ops.radengine.info_nce_backward(
-        grad_loss, q, k, queue, temperature, normalize, backend, lse
+        grad_loss, q, k, queue, temperature, normalize, backend, stats
     )
     return grad_q, grad_k, None, None, None, None
 
