@@ -6,8 +6,18 @@ Exit codes, the same for every subcommand:
 - 0: done.
 - 1: the command ran and its result is negative: ``store verify`` found problems.
 - 2: the command could not run: bad arguments or config, a missing or foreign store, a busy
-  port, an unwritable or full disk, an ingest whose every file was unusable... One ``error: ...`` line on stderr names the file, key
-  or option at fault and what to do; no traceback (a traceback means a bug in radengine).
+  port, an unwritable or full disk, an ingest whose every file was unusable... One
+  ``error: ...`` line on stderr names the file, key or option at fault and what to do; no
+  traceback (a traceback means a bug in radengine).
+- 3: ``pretrain`` was preempted: SIGTERM or SIGUSR1 (Slurm, Kubernetes; on any one rank)
+  made every rank finish the same step, a checkpoint was written, and the run stopped
+  unfinished (no encoder.pt); ``--resume RUN`` continues it exactly. Requeue on 3. It is
+  not 143 (128 + SIGTERM) on purpose: 143 is also what a process killed by SIGTERM before
+  it could checkpoint reports, and a wrapper (``scontrol requeue``, a Kubernetes
+  podFailurePolicy on exit codes) must tell "checkpointed, resumable" apart from that.
+  Under torchrun the launcher reports its own failure code (1) for any non-zero worker: a
+  job script there decides from the signal it caught and the run folder (a checkpoint and
+  no encoder.pt), as experiments/slurm/pretrain_multinode.sbatch does.
 - 130: interrupted (Ctrl-C); ``ui`` returns 128 + the signal that stopped it.
 """
 
@@ -18,6 +28,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+EXIT_PREEMPTED = 3  # see the module docs
 
 
 def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -181,9 +193,18 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         flags.append(f"tracking.uri={args.tracking}")
     cfg = load_pretrain_config(args.config, [*flags, *args.overrides])
     result = pretrain(cfg, resume=args.resume)
+    # every rank of a preempted job exits 3, so the job's status says "resumable"
+    code = EXIT_PREEMPTED if result.preempted else 0
     if not _is_main_rank():  # under torchrun, rank 0 speaks for the job
-        return 0
+        return code
     knn = result.knn
+    if result.preempted:
+        print(
+            f"\npretraining preempted at step {result.steps} ({result.stopped}): checkpoint "
+            f"{result.checkpoint} written; the run is not finished (no encoder.pt). Resume "
+            f"with --resume {result.out}",
+        )
+        return code
     lines = [
         "",
         f"pretraining {'stopped (' + result.stopped + ')' if result.stopped else 'finished'}: "

@@ -30,6 +30,7 @@ __all__ = [
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
+    "DistConfig",
     "KnnConfig",
     "LossConfig",
     "ModelConfig",
@@ -186,6 +187,21 @@ class TrainConfig:
 
 
 @dataclass
+class DistConfig:
+    """The torchrun process group (docs/distributed.md).
+
+    ``timeout_min`` bounds how long joining (whose error names this key) and every
+    collective after it wait for the other ranks before the run fails. torch's default is
+    30 silent minutes; 10 still covers what rank 0 does alone while the others wait at the
+    next collective: the kNN monitor, a checkpoint write and its MLflow upload, the final
+    encoder's MLflow logging. Raise it when those take longer (a slow remote tracking
+    server, a large ``knn.bank``).
+    """
+
+    timeout_min: float = 10.0
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite mlflow.db in the cwd
@@ -213,6 +229,7 @@ class PretrainConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     @property
     def total_epochs(self) -> int:
@@ -260,6 +277,7 @@ class PretrainConfig:
         _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _check(t.log_every >= 1, "train.log_every", "must be >= 1")
         _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _check(self.dist.timeout_min > 0, "dist.timeout_min", "must be > 0 minutes")
         return self
 
 

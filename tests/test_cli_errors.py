@@ -524,28 +524,25 @@ def test_error_exits_2_with_a_message_and_no_traceback(case, paths, capsys, monk
         assert text.format(**paths) in err, f"{text.format(**paths)!r} not in:\n{err}"
 
 
-class _FullDiskOs:
-    """``os`` as radengine.engine.checkpoint sees it once the disk fills up, between the
-    run folder's first files and its first checkpoint: fsync of a file under checkpoints/
-    fails with ENOSPC (its data did not reach the disk); everything else is the real os."""
+def _full_disk_fsync(real_fsync):
+    """``os.fsync`` once the disk fills up, between the run folder's first files and its
+    first checkpoint: fsync of a file under checkpoints/ fails with ENOSPC (its data did not
+    reach the disk); every other fsync is the real one. Patched on ``os`` itself, so it
+    holds whichever module does the write."""
 
-    def __getattr__(self, name: str):
-        return getattr(os, name)
-
-    @staticmethod
     def fsync(fd: int) -> None:
         if f"{os.sep}checkpoints{os.sep}" in os.readlink(f"/proc/self/fd/{fd}"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        os.fsync(fd)
+        real_fsync(fd)
+
+    return fsync
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
 def test_full_disk_while_checkpointing(paths, capsys, monkeypatch, quiet_env):
     """A checkpoint that cannot be written ends the run with exit 2 and a message naming
     the checkpoint, the full disk and --resume; no traceback (a few steps, ~10 s)."""
-    from radengine.engine import checkpoint
-
-    monkeypatch.setattr(checkpoint, "os", _FullDiskOs())
+    monkeypatch.setattr(os, "fsync", _full_disk_fsync(os.fsync))
     out = quiet_env / "run"
     argv = ["pretrain", "--tracking", "none", "--data", paths["store"], "--out", str(out)]
     code, err = run_cli([*argv, *TINY, "train.max_steps=4"], capsys)

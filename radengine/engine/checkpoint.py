@@ -11,6 +11,8 @@ about fsync) with a warning, falling back to the previous checkpoint.
 A write that fails (no space left, quota, permissions) removes its temporary file and raises
 :class:`CheckpointError` naming the file (and, for a full disk, the space it needs), so the
 previous checkpoints stay the run's last good state and nothing half-written is left behind.
+When the disk has no room for a new checkpoint next to the keep-set, the checkpoints it
+makes surplus are deleted first (:func:`save`), so a run needs room for ``keep`` of them.
 """
 
 from __future__ import annotations
@@ -63,16 +65,52 @@ def find(folder: str | Path) -> list[Path]:
 
 
 def save(folder: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``state`` atomically as ``folder/step-<step>.pt``; keep the newest ``keep``."""
+    """Write ``state`` atomically as ``folder/step-<step>.pt``; keep the newest ``keep``.
+
+    The checkpoints the new one makes surplus (beyond the newest ``keep - 1``) are deleted
+    before it is written when the disk has no room for it next to them (free space checked
+    first, and again on a write that fails for space), so a run needs room for its keep-set,
+    not for the keep-set plus one. The newest existing checkpoint is never deleted before
+    the new one is complete, whatever ``keep`` is: a kill mid-write must leave one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
+    data = buf.getbuffer()
     path = path_for(folder, step)
-    atomic_write(path, buf.getbuffer())
+    older = [p for p in find(folder) if p != path]
+    surplus = older[: max(0, len(older) - max(1, keep - 1))]
+    if surplus and not _fits(folder, len(data)):
+        _remove(surplus)
+        surplus = []
+    try:
+        atomic_write(path, data)
+    except CheckpointError as exc:
+        # free space is not always what statvfs says (quotas, reserved blocks)
+        cause = exc.__cause__
+        if not surplus or getattr(cause, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _remove(surplus)
+        atomic_write(path, data)
     for old in find(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+# Room left beside a new checkpoint: the file system's own metadata, the directory entry.
+_SLACK = 1 << 20
+
+
+def _fits(folder: Path, size: int) -> bool:
+    try:
+        return shutil.disk_usage(folder).free >= size + _SLACK
+    except OSError:
+        return True  # unknown: try the write; a failure for space prunes and retries
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, data: bytes | memoryview) -> None:

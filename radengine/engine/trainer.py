@@ -10,10 +10,23 @@ views one process would (only the BN statistics, per rank, differ; the 2-process
 uses a model without BN and shows equal losses and gradients).
 
 Non-finite losses. Each step all-reduces its loss first, so every rank takes the same
-decision: ``train.nonfinite=stop`` ends the run with an error naming the step (the last
-checkpoint stays the last good one), ``skip`` drops the update (backward still runs so DDP's
-bookkeeping stays in step) and stops only after ``train.max_skips`` skips in a row. A
-checkpoint is never written from non-finite weights.
+decision: ``train.nonfinite=stop`` ends the run with an error naming the step and the last
+checkpoint that looks sane (finite loss and a weight norm in line with the earlier ones; a
+run can diverge to huge but finite weights before its loss turns NaN), with the command to
+resume from it; ``skip`` drops the update (backward still runs so DDP's bookkeeping stays in
+step), restores the buffers the forward pass updated (BatchNorm statistics) so the step
+leaves no trace, and stops only after ``train.max_skips`` skips in a row. A checkpoint is
+never written from non-finite weights. A resume may change the remedies
+(RESUME_REMEDY_KEYS: the learning rate, gradient clipping, train.nonfinite/max_skips); each
+change is recorded (checkpoint, summary.json, config.yaml comments, MLflow tag
+``resume_changes``).
+
+Preemption. SIGTERM/SIGUSR1 (Slurm, Kubernetes, torchrun forwarding them) set a flag that
+rides on the same per-step all-reduce as the loss, so when any rank is signalled every rank
+stops after the same step; rank 0 writes a checkpoint, and the run ends as ``preempted``
+(no encoder.pt: the encoder is not final; ``radengine pretrain`` exits 3, see
+radengine/cli.py). Loader workers
+ignore these signals (radengine/data/loader.py), so they outlive the step.
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ from torch import Tensor, nn
 from radengine import config as config_mod
 from radengine.config import PretrainConfig
 from radengine.data.loader import StoreLoader
-from radengine.data.store import Store, StoreError
+from radengine.data.store import Store, StoreError, remove_temp_files
 from radengine.engine import checkpoint, distributed
 from radengine.engine.optim import LARS, WarmupCosine, param_groups, scaled_lr
 from radengine.errors import UserError, describe_os_error
@@ -49,6 +62,13 @@ from radengine.fmt import percent
 __all__ = ["PretrainError", "PretrainResult", "pretrain"]
 
 CHECKPOINT_FORMAT = 1
+
+# A checkpoint looks sane when its loss is finite and at most this many times the median of
+# the earlier checkpoints' losses, and its weight norm is finite and at most this many times
+# the median of the earlier norms (the initial one included). Divergence shows as norms
+# orders of magnitude larger (1e28 before the loss turns NaN); healthy training changes the
+# norm a few-fold at most.
+SANE_FACTOR = 10.0
 
 # Config keys that do not change the computation: a resume may differ in these.
 RESUME_FREE_KEYS = (
@@ -64,6 +84,19 @@ RESUME_FREE_KEYS = (
     "data.pin_memory",
     "knn",
     "tracking",
+    "dist",
+)
+# Config keys a resume may change because they are the remedies for a diverging run (the
+# non-finite messages suggest them). They change the computation from the resumed step on,
+# so each change is recorded: the checkpoint and summary.json (``resume_changes``), comments
+# atop config.yaml, and the MLflow tag ``resume_changes`` (params are write-once).
+RESUME_REMEDY_KEYS = (
+    "optim.lr",
+    "optim.lr_base",
+    "optim.lr_scaling",
+    "optim.grad_clip",
+    "train.nonfinite",
+    "train.max_skips",
 )
 STORE_KIND = {"ct": "ct", "natural": "images"}
 
@@ -85,6 +118,11 @@ class PretrainResult:
     ``images_per_second`` and ``data_wait`` are over the whole call (start-up and kNN passes
     included); ``extra["step_times"]`` holds (data wait, step) seconds of every step this
     process ran, for steady-state figures (``radengine bench pipeline`` uses them).
+
+    ``preempted``: stopped by a signal (on any rank) after writing ``checkpoint``; the run is
+    not finished, no encoder.pt was written, and ``--resume out`` continues it.
+    ``resume_changes``: the remedy keys changed on resumes, as
+    ``{"step": N, "changes": {key: [old, new]}}`` entries.
     """
 
     out: Path
@@ -101,6 +139,8 @@ class PretrainResult:
     stopped: str | None = None
     skipped_steps: int = 0
     loss_label: str = "no step run"
+    preempted: bool = False
+    resume_changes: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -501,6 +541,12 @@ class _State:
     knn: list[tuple[int, float]] = field(default_factory=list)
     run_id: str | None = None
     elapsed: float = 0.0
+    # one {"step", "loss", "norm"} per checkpoint written (loss: mean of the finite losses
+    # since the previous one; norm: global L2 norm of the parameters), for naming the last
+    # sane checkpoint when the run diverges
+    checkpoints: list[dict[str, float]] = field(default_factory=list)
+    init_norm: float = float("nan")
+    resume_changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _run_name(cfg: PretrainConfig) -> str:
@@ -514,8 +560,11 @@ def _run_name(cfg: PretrainConfig) -> str:
     return f"{cfg.method}-{cfg.model.arch}-{domains}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _resolve_out(cfg: PretrainConfig, resume: str | None) -> tuple[Path, dict[str, Any] | None]:
-    """The run folder and, when resuming, the checkpoint state to continue from."""
+def _resolve_out(
+    cfg: PretrainConfig, resume: str | None
+) -> tuple[Path, dict[str, Any] | None, dict[str, list[Any]]]:
+    """The run folder and, when resuming, the checkpoint state to continue from and the
+    remedy keys (RESUME_REMEDY_KEYS) the resume changes, as ``{key: [old, new]}``."""
     if resume:
         path = Path(resume)
         if path.is_dir():
@@ -532,23 +581,27 @@ def _resolve_out(cfg: PretrainConfig, resume: str | None) -> tuple[Path, dict[st
             ckpt_path = path
         out = ckpt_path.parent.parent
         saved = config_mod.config_from_dict(state["config"])
-        changed = config_mod.diff(saved, cfg, ignore=RESUME_FREE_KEYS)
+        a, b = (
+            config_mod._flat(config_mod.to_dict(saved)),
+            config_mod._flat(config_mod.to_dict(cfg)),
+        )
+        remedies = config_mod.diff(saved, cfg, ignore=RESUME_FREE_KEYS)
+        changed = [k for k in remedies if k not in RESUME_REMEDY_KEYS]
         if changed:
-            a, b = config_mod._flat(state["config"]), config_mod._flat(config_mod.to_dict(cfg))
             detail = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
             raise PretrainError(
                 f"--resume {resume}: the checkpoint {ckpt_path} is from another config "
                 f"({detail}). Resume with the run's own config ({out / 'config.yaml'}) or "
                 "start a new run"
             )
-        return out, state
+        return out, state, {k: [a.get(k), b.get(k)] for k in remedies}
     out = Path(cfg.train.out) if cfg.train.out else Path("runs") / _run_name(cfg)
     if checkpoint.find(out / "checkpoints"):
         raise PretrainError(
             f"{out} already holds checkpoints of a run; continue it with --resume {out} or "
             "choose another train.out"
         )
-    return out, None
+    return out, None, {}
 
 
 def pretrain(
@@ -572,7 +625,7 @@ def pretrain(
             ``train.nonfinite=stop``; the message says what to do.
     """
     cfg.validate()
-    dist_info = distributed.setup(cfg.train.device)
+    dist_info = distributed.setup(cfg.train.device, cfg.dist.timeout_min, echo)
     try:
         return _Trainer(cfg, dist_info, resume, echo).run()
     finally:
@@ -594,15 +647,16 @@ class _Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
 
-        out, state = _resolve_out(cfg, resume) if dist_info.main else (None, None)
+        out, state, changes = _resolve_out(cfg, resume) if dist_info.main else (None, None, {})
         out = distributed.broadcast_object(str(out) if out else None)
         self.out = Path(out)
         if dist_info.main:  # before the data and model are built: fail in seconds
             _check_writable(self.out)
         # every rank reads the checkpoint itself (same file system assumed, as torchrun jobs)
         if resume and not dist_info.main:
-            _, state = _resolve_out(cfg, resume)
+            _, state, changes = _resolve_out(cfg, resume)
         self.resume_state = state
+        self.resume_changes = changes
 
         try:  # the augmentation options fail here, not at the first step
             self.spec, self.window = _spec(cfg), _window_spec(cfg)
@@ -647,8 +701,11 @@ class _Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.state = _State()
+        self._losses_since_checkpoint: list[float] = []
         if state is not None:
             self._restore(state)
+        else:
+            self.state.init_norm = self._param_norm()
         if dist_info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -689,7 +746,25 @@ class _Trainer:
             knn=[tuple(x) for x in s["knn"]],
             run_id=s["run_id"],
             elapsed=s["elapsed"],
+            # absent from checkpoints written before they were recorded
+            checkpoints=[dict(r) for r in s.get("checkpoints", [])],
+            init_norm=s.get("init_norm", float("nan")),
+            resume_changes=list(s.get("resume_changes", [])),
         )
+        if self.resume_changes:
+            self.state.resume_changes.append({"step": s["step"], "changes": self.resume_changes})
+            self._use_lr(self.lr)
+
+    def _use_lr(self, lr: float) -> None:
+        """Continue the schedule from the current step with peak lr ``lr`` (a resume that
+        changes the lr: the loaded scheduler and optimizer states carry the old one)."""
+        if all(base == lr for base in self.scheduler.base_lrs):
+            return
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        for group, now in zip(self.optimizer.param_groups, self.scheduler.get_lr(), strict=True):
+            group["initial_lr"] = lr
+            group["lr"] = now
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _weights_finite(self) -> bool:
         flags = [
@@ -699,15 +774,39 @@ class _Trainer:
         ]
         return bool(torch.stack(flags).all()) if flags else True
 
+    def _config_text(self) -> str:
+        """config.yaml: the config the run continues with, the remedy changes of its
+        resumes as comments on top (the history, while the file stays loadable)."""
+        head = [
+            f"# resumed at step {c['step']}: "
+            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in c["changes"].items())
+            for c in self.state.resume_changes
+        ]
+        return "".join(line + "\n" for line in head) + config_mod.dump_yaml(self.cfg)
+
+    def _param_norm(self) -> float:
+        norms = [p.detach().float().norm() for p in self.module.parameters()]
+        return float(torch.stack(norms).norm()) if norms else 0.0
+
     def save_checkpoint(self) -> Path | None:
-        if not self.dist.main:
-            return None
+        """Rank 0 writes the checkpoint of the current step; every rank records its loss and
+        weight norm (identical on all ranks), so any rank can name the last sane one."""
+        s = self.state
         if not self._weights_finite():
             raise PretrainError(
-                f"the weights are not finite at step {self.state.step}; no checkpoint written "
-                f"(the last good one is in {self.out / 'checkpoints'})"
+                f"the weights are not finite at step {s.step}; no checkpoint written. "
+                + self._resume_advice()
             )
-        s = self.state
+        losses = self._losses_since_checkpoint
+        record = {
+            "step": s.step,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "norm": self._param_norm(),
+        }
+        s.checkpoints = [r for r in s.checkpoints if r["step"] < s.step] + [record]
+        self._losses_since_checkpoint = []
+        if not self.dist.main:
+            return None
         payload = {
             "format": CHECKPOINT_FORMAT,
             "model": self.module.state_dict(),
@@ -724,6 +823,9 @@ class _Trainer:
                 "knn": [list(x) for x in s.knn],
                 "run_id": s.run_id,
                 "elapsed": s.elapsed + (time.perf_counter() - self._t_start),
+                "checkpoints": s.checkpoints,
+                "init_norm": s.init_norm,
+                "resume_changes": s.resume_changes,
             },
         }
         path = checkpoint.save(
@@ -732,6 +834,55 @@ class _Trainer:
         if self.cfg.tracking.log_checkpoints:
             self.tracker.log_artifact(path, "checkpoints")
         return path
+
+    def _sane_checkpoint(self) -> tuple[Path, dict[str, float]] | None:
+        """The newest kept checkpoint that looks sane (see SANE_FACTOR) and its record."""
+        s = self.state
+        kept = {p.name: p for p in checkpoint.find(self.out / "checkpoints")}
+        for i in range(len(s.checkpoints) - 1, -1, -1):
+            r = s.checkpoints[i]
+            path = checkpoint.path_for(self.out / "checkpoints", int(r["step"]))
+            if path.name not in kept:
+                continue
+            earlier = s.checkpoints[:i]
+            losses = [e["loss"] for e in earlier if math.isfinite(e["loss"])]
+            norms = [e["norm"] for e in earlier if math.isfinite(e["norm"])]
+            if math.isfinite(s.init_norm):
+                norms.append(s.init_norm)
+            if not (math.isfinite(r["loss"]) and math.isfinite(r["norm"])):
+                continue
+            if losses and r["loss"] > SANE_FACTOR * float(np.median(losses)):
+                continue
+            if norms and r["norm"] > SANE_FACTOR * float(np.median(norms)):
+                continue
+            return path, r
+        return None
+
+    def _resume_advice(self) -> str:
+        """Which checkpoint to resume from after a divergence, and how (the remedy keys a
+        resume may change)."""
+        folder = self.out / "checkpoints"
+        found = self._sane_checkpoint()
+        remedies = "optim.grad_clip=1.0, a lower optim.lr, or train.nonfinite=skip"
+        if found is None:
+            return (
+                f"No checkpoint kept in {folder} looks sane (finite loss, weight norm within "
+                f"{SANE_FACTOR:g}x of the earlier ones): start a new run with {remedies}"
+            )
+        path, r = found
+        newest = checkpoint.find(folder)
+        text = (
+            f"The last checkpoint that looks sane is {path} "
+            f"(step {r['step']}, loss {r['loss']:.4g})"
+        )
+        later = [p.name for p in newest if p.name > path.name]
+        if later:
+            text += f"; the later {', '.join(later)} look diverged (weight norm or loss)"
+        return (
+            f"{text}. Resume from it with a remedy: radengine pretrain --config "
+            f"{self.out / 'config.yaml'} --resume {path} and {remedies} (a resume may change "
+            "these keys; the change is recorded)"
+        )
 
     # -- tracking
 
@@ -774,9 +925,13 @@ class _Trainer:
         }
         if self.state.run_id is not None:
             # MLflow params are write-once: a resume may change only the keys that do not
-            # alter the computation (RESUME_FREE_KEYS); keep the first run's values for them.
-            params = _drop_keys(params, RESUME_FREE_KEYS)
+            # alter the computation (RESUME_FREE_KEYS) and the remedies (RESUME_REMEDY_KEYS,
+            # and so the resolved lr); keep the first run's values for them. Remedy changes
+            # go to a tag, which may change.
+            params = _drop_keys(params, (*RESUME_FREE_KEYS, *RESUME_REMEDY_KEYS, "resolved.lr"))
             tags["resumed_at_step"] = self.state.step
+            if self.state.resume_changes:
+                tags["resume_changes"] = json.dumps(self.state.resume_changes)
         run_id = self.tracker.start(
             run_name=self.out.name,
             tags=tags,
@@ -813,8 +968,18 @@ class _Trainer:
         # of the training RNG stream so a resumed run continues it exactly.
         with torch.random.fork_rng(devices=[]):
             iters = [iter(ld.epoch(epoch, start)) for ld in stage.loaders]
-        for _ in range(start, stage.steps_per_epoch):
-            yield [next(it) for it in iters]
+        try:
+            for _ in range(start, stage.steps_per_epoch):
+                yield [next(it) for it in iters]
+        finally:
+            # closed early (a stop, an error): end the loader's workers now rather than at
+            # garbage collection, so a preempted run does not leave them behind while it
+            # checkpoints and exits
+            for it in iters:
+                shutdown = getattr(it, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+            iters.clear()
 
     def _knn(self) -> None:
         if not self.dist.main or self.cfg.knn.every <= 0:
@@ -841,7 +1006,10 @@ class _Trainer:
         fresh = self.resume_state is None
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            checkpoint.atomic_write(self.out / "config.yaml", config_mod.dump_yaml(cfg).encode())
+            # what a killed writer left (a SIGKILL mid-checkpoint) only fills the disk
+            for folder in (self.out, self.out / "checkpoints"):
+                remove_temp_files(folder)
+            _write_if_changed(self.out / "config.yaml", self._config_text().encode())
         self._start_tracking()
         if self.dist.main:
             what = " + ".join(src.describe() for src in self.stages[0].sources)
@@ -856,6 +1024,7 @@ class _Trainer:
         if fresh and cfg.knn.every > 0:
             self._knn()
         stop_reason: str | None = None
+        preempted = False
         interrupted = _SignalFlag()
         bar = self._bar = self._progress()
         window_loss: list[float] = []
@@ -875,68 +1044,85 @@ class _Trainer:
             with interrupted:
                 while s.epoch < self.total_epochs:
                     stage = self._stage_of(s.epoch)
-                    batches = self._batches(stage, s.epoch, s.step_in_epoch)
-                    while True:
-                        t0 = time.perf_counter()
-                        try:
-                            batch = next(batches)
-                        except StopIteration:
-                            break
-                        dt_wait = time.perf_counter() - t0
-                        wait += dt_wait
-                        wait_window += dt_wait
-                        loss = self._step(stage, batch)
-                        step_times.append((dt_wait, time.perf_counter() - t0))
-                        n = cfg.optim.batch_size
-                        images += n
-                        imgs_window += n
-                        last_loss = loss
-                        if math.isfinite(loss):
-                            window_loss.append(loss)
-                        s.step += 1
-                        s.step_in_epoch += 1
-                        max_steps = cfg.train.max_steps
-                        stopping = bool(interrupted.fired) or (
-                            max_steps is not None and s.step >= max_steps
-                        )
-                        if (
-                            s.step % cfg.train.log_every == 0
-                            or s.step == self.total_steps
-                            or stopping
-                        ):
-                            now = time.perf_counter()
-                            span = max(now - t_window, 1e-9)
-                            final_loss = float(np.mean(window_loss)) if window_loss else last_loss
-                            loss_label = _window_label(window_start + 1, s.step, len(window_loss))
-                            metrics = {
-                                "train/loss": final_loss,
-                                "train/lr": self.optimizer.param_groups[0]["lr"],
-                                "train/img_per_s": imgs_window / span,
-                                "train/data_wait": min(1.0, wait_window / span),
-                                "train/epoch": s.epoch
-                                + s.step_in_epoch / max(1, stage.steps_per_epoch),
-                            }
-                            self.tracker.log_metrics(metrics, step=s.step)
-                            if bar is not None:
-                                n = s.step - window_start
-                                over = f"mean of last {n} steps" if n > 1 else "last step"
-                                bar.set_postfix_str(
-                                    f"loss {final_loss:.4f} ({over}), "
-                                    f"lr {metrics['train/lr']:.3g}, "
-                                    f"{metrics['train/img_per_s']:.0f} img/s",
-                                    refresh=False,
+                    batches = contextlib.closing(self._batches(stage, s.epoch, s.step_in_epoch))
+                    with batches as batch_iter:
+                        while True:
+                            t0 = time.perf_counter()
+                            try:
+                                batch = next(batch_iter)
+                            except StopIteration:
+                                break
+                            dt_wait = time.perf_counter() - t0
+                            wait += dt_wait
+                            wait_window += dt_wait
+                            # the signal flag rides on the step's all-reduce: every rank
+                            # learns that one was signalled at the same step
+                            loss, signalled = self._step(stage, batch, bool(interrupted.fired))
+                            step_times.append((dt_wait, time.perf_counter() - t0))
+                            n = cfg.optim.batch_size
+                            images += n
+                            imgs_window += n
+                            last_loss = loss
+                            if math.isfinite(loss):
+                                window_loss.append(loss)
+                                self._losses_since_checkpoint.append(loss)
+                            s.step += 1
+                            s.step_in_epoch += 1
+                            max_steps = cfg.train.max_steps
+                            done = s.step >= self.total_steps or (
+                                max_steps is not None and s.step >= max_steps
+                            )
+                            # a signal at the run's last step ends it as finished, not as
+                            # preempted: there is nothing left to resume
+                            signalled = signalled and not done
+                            stopping = signalled or (max_steps is not None and s.step >= max_steps)
+                            if (
+                                s.step % cfg.train.log_every == 0
+                                or s.step == self.total_steps
+                                or stopping
+                            ):
+                                now = time.perf_counter()
+                                span = max(now - t_window, 1e-9)
+                                final_loss = (
+                                    float(np.mean(window_loss)) if window_loss else last_loss
                                 )
-                            window_loss.clear()
-                            window_start = s.step
-                            t_window, imgs_window, wait_window = now, 0, 0.0
-                        if bar is not None:  # after set_postfix: shown with this step
-                            bar.update(1)
-                        if s.step % cfg.train.checkpoint_every == 0:
-                            ckpt_path = self.save_checkpoint()
-                        if interrupted.fired:
-                            raise _Stop(f"signal {interrupted.fired} received")
-                        if stopping:
-                            raise _Stop(f"train.max_steps={max_steps} reached")
+                                loss_label = _window_label(
+                                    window_start + 1, s.step, len(window_loss)
+                                )
+                                metrics = {
+                                    "train/loss": final_loss,
+                                    "train/lr": self.optimizer.param_groups[0]["lr"],
+                                    "train/img_per_s": imgs_window / span,
+                                    "train/data_wait": min(1.0, wait_window / span),
+                                    "train/epoch": s.epoch
+                                    + s.step_in_epoch / max(1, stage.steps_per_epoch),
+                                }
+                                self.tracker.log_metrics(metrics, step=s.step)
+                                if bar is not None:
+                                    n = s.step - window_start
+                                    over = f"mean of last {n} steps" if n > 1 else "last step"
+                                    bar.set_postfix_str(
+                                        f"loss {final_loss:.4f} ({over}), "
+                                        f"lr {metrics['train/lr']:.3g}, "
+                                        f"{metrics['train/img_per_s']:.0f} img/s",
+                                        refresh=False,
+                                    )
+                                window_loss.clear()
+                                window_start = s.step
+                                t_window, imgs_window, wait_window = now, 0, 0.0
+                            if bar is not None:  # after set_postfix: shown with this step
+                                bar.update(1)
+                            if s.step % cfg.train.checkpoint_every == 0:
+                                ckpt_path = self.save_checkpoint()
+                            if signalled:
+                                preempted = True
+                                raise _Stop(
+                                    f"signal {interrupted.fired} received"
+                                    if interrupted.fired
+                                    else "another rank received a stop signal"
+                                )
+                            if stopping:
+                                raise _Stop(f"train.max_steps={max_steps} reached")
                     s.epoch += 1
                     s.step_in_epoch = 0
                     every = cfg.knn.every
@@ -944,26 +1130,41 @@ class _Trainer:
                         self._knn()
         except _Stop as stop:
             stop_reason = str(stop)
-            status = "KILLED" if interrupted.fired else "FINISHED"
-        except BaseException:
+            status = "KILLED" if preempted else "FINISHED"
+        except BaseException as exc:
             if bar is not None:
                 bar.close()
             self._bar = None
-            self.tracker.finish(
-                "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED"
-            )
+            self.tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            if self.dist.distributed and isinstance(exc, RuntimeError):
+                # A collective failed mid-run (a rank died, froze or lost its network): torch
+                # says so in its own words; name the step, the key that bounds the wait and
+                # how to continue.
+                raise distributed.DistributedError(
+                    f"a collective failed at step {s.step + 1} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                    "another rank died, froze for longer than dist.timeout_min "
+                    f"({cfg.dist.timeout_min:g} min) or lost its connection. Continue with "
+                    f"--resume {self.out} once every node is healthy"
+                ) from exc
             raise
         if bar is not None:
             bar.close()
         self._bar = None
         try:
-            result = self._finish(
-                ckpt_path, status, stop_reason, images, wait, final_loss, loss_label, step_times
-            )
+            # The handler stays through the final writes: a second SIGTERM there (a scheduler
+            # repeating itself) must not kill the process between checkpoint and summary.
+            with interrupted:
+                result = self._finish(
+                    ckpt_path, status, stop_reason, images, wait, final_loss, loss_label, step_times
+                )
         except BaseException:
             self.tracker.finish("FAILED")
             raise
         self.tracker.finish(status)
+        # Rank 0 has written everything: only now may the other ranks exit. Under torchrun a
+        # rank that exits non-zero (a preempted run) makes the agent kill the rest, which
+        # must not catch rank 0 mid-write.
+        _barrier()
         return result
 
     def _finish(
@@ -982,7 +1183,11 @@ class _Trainer:
         The final metrics are logged at the last step before the encoder is logged as an
         MLflow model: MLflow 3 links the metrics of the model's step to it, so its model page
         shows the final loss and kNN accuracy. A run stopped before its last epoch gets a kNN
-        pass on its final weights first (not when killed by a signal: it should end fast)."""
+        pass on its final weights first (not when killed by a signal: it should end fast).
+
+        A preempted run (``status`` KILLED) writes its checkpoint and summary but no encoder
+        and no MLflow model: its encoder is not final. An encoder.pt left by an earlier stop
+        of the same run (max_steps) is removed, since the run has moved past it."""
         cfg, s = self.cfg, self.state
         if ckpt_path is None or checkpoint.path_for(self.out / "checkpoints", s.step) != ckpt_path:
             ckpt_path = self.save_checkpoint()
@@ -997,7 +1202,10 @@ class _Trainer:
                 final["final/knn_accuracy"] = s.knn[-1][1]
             self.tracker.log_metrics(final, step=s.step)
             encoder = self.module.encoder
-            checkpoint.atomic_write(self.out / "encoder.pt", _state_bytes(encoder))
+            if status == "KILLED":
+                (self.out / "encoder.pt").unlink(missing_ok=True)
+            else:
+                checkpoint.atomic_write(self.out / "encoder.pt", _state_bytes(encoder))
             if cfg.tracking.log_model and status != "KILLED":
                 example = np.zeros(
                     (1, self.in_chans, cfg.augment.size, cfg.augment.size), "float32"
@@ -1024,6 +1232,8 @@ class _Trainer:
             stopped=stop_reason,
             skipped_steps=s.skipped,
             loss_label=loss_label,
+            preempted=status == "KILLED",
+            resume_changes=list(s.resume_changes),
             extra={"step_times": step_times},
         )
         if self.dist.main:
@@ -1032,6 +1242,8 @@ class _Trainer:
                 for k, v in dataclasses.asdict(result).items()
                 if k != "extra"
             }
+            if result.preempted:
+                summary["resume"] = f"--resume {self.out}"
             checkpoint.atomic_write(
                 self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode()
             )
@@ -1050,7 +1262,12 @@ class _Trainer:
             dynamic_ncols=True,
         )
 
-    def _step(self, stage: _Stage, batch: list[dict[str, Tensor]]) -> float:
+    def _step(
+        self, stage: _Stage, batch: list[dict[str, Tensor]], stop: bool = False
+    ) -> tuple[float, bool]:
+        """One training step. Returns the global mean loss and whether any rank asked to
+        stop (``stop``: this rank got a preemption signal); both come from one all-reduce,
+        so every rank sees the same values at the same step."""
         cfg, s = self.cfg, self.state
         v1, v2 = _views(
             cfg,
@@ -1069,15 +1286,26 @@ class _Trainer:
             if self.amp is not None
             else contextlib.nullcontext()
         )
+        # A skipped step must leave no trace, but the forward pass in train mode has already
+        # updated the buffers (BatchNorm running statistics: NaN from a NaN batch, which
+        # would poison every later step and checkpoint). Buffers are small: keep a copy.
+        saved = (
+            [b.detach().clone() for b in self.module.buffers()]
+            if cfg.train.nonfinite == "skip"
+            else None
+        )
         with autocast:
             loss = self.model(v1, v2)
-        global_loss = float(distributed.all_reduce_mean(loss.detach().float()))
+        flags = torch.stack(
+            [loss.detach().float(), loss.new_tensor(float(stop), dtype=torch.float32)]
+        )
+        global_loss, any_stop = distributed.all_reduce_mean(flags).tolist()
+        stop_agreed = any_stop > 0
         finite = math.isfinite(global_loss)
         if not finite and cfg.train.nonfinite == "stop":
             raise PretrainError(
                 f"the loss is {global_loss} at step {s.step} (epoch {s.epoch}); stopping. "
-                f"The last good checkpoint is in {self.out / 'checkpoints'}. Lower optim.lr, "
-                "set optim.grad_clip, or use train.nonfinite=skip to drop such steps"
+                + self._resume_advice()
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -1085,17 +1313,20 @@ class _Trainer:
             s.skipped += 1
             s.consecutive_skips += 1
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buf, old in zip(self.module.buffers(), saved or (), strict=True):
+                    buf.copy_(old)
             if self.dist.main:
                 self._say(f"warning: non-finite loss at step {s.step}; update skipped")
             if s.consecutive_skips >= cfg.train.max_skips:
                 raise PretrainError(
                     f"{s.consecutive_skips} non-finite losses in a row (last at step {s.step}); "
-                    "stopping. Lower optim.lr or set optim.grad_clip"
+                    "stopping. " + self._resume_advice()
                 )
             with warnings.catch_warnings():  # stepping the schedule without an update is
                 warnings.simplefilter("ignore", UserWarning)  # what "skip" means
                 self.scheduler.step()
-            return global_loss
+            return global_loss, stop_agreed
         s.consecutive_skips = 0
         if cfg.optim.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -1103,7 +1334,7 @@ class _Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return global_loss
+        return global_loss, stop_agreed
 
 
 def _window_label(first: int, last: int, finite: int) -> str:
@@ -1150,6 +1381,22 @@ def _check_writable(out: Path) -> None:
         for d in reversed(created):
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+def _barrier() -> None:
+    """Wait for every rank (nothing without a process group)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically unless it already holds ``data``: a resume of an unchanged
+    run must not need disk space (a nearly full disk) to rewrite its config."""
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data:
+            return
+    checkpoint.atomic_write(path, data)
 
 
 def _drop_keys(tree: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

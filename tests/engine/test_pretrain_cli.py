@@ -3,6 +3,7 @@ continuing the same MLflow run, and the command's errors (exit 2, the key named)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,16 @@ def test_tracked_run_and_resume_in_mlflow(store, tmp_path, monkeypatch, capsys, 
         "checkpoints/step-00000004.pt"
     ]
 
-    # resume: the same MLflow run continues; the final encoder is logged as a model
-    assert main([*args, "--resume", str(out), "train.max_steps=8"]) == 0
+    # resume: the same MLflow run continues; the final encoder is logged as a model. A
+    # remedy for divergence may change on a resume: params are write-once, so the change is
+    # a tag and the first values stay the params
+    assert main([*args, "--resume", str(out), "train.max_steps=8", "optim.grad_clip=1.0"]) == 0
     runs = client.search_runs([run.info.experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
+    assert json.loads(runs[0].data.tags["resume_changes"]) == [
+        {"step": 4, "changes": {"optim.grad_clip": [None, 1.0]}}
+    ]
+    assert runs[0].data.params["optim.grad_clip"] == "None"
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     assert max(steps) == 8
     assert runs[0].info.status == "FINISHED"

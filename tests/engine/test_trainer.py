@@ -128,8 +128,9 @@ def test_resume_with_another_config_is_refused_and_nothing_changes(ct_store, tmp
     out = tmp_path / "run"
     pretrain(_cfg(ct_store, out, "train.max_steps=4"))
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(PretrainError, match=r"another config.*optim\.lr"):
-        pretrain(_cfg(ct_store, out, "train.max_steps=8", "optim.lr=0.01"), resume=str(out))
+    # (optim.lr, a remedy for a diverging run, may change: see the diverged-stop test)
+    with pytest.raises(PretrainError, match=r"another config.*optim\.momentum"):
+        pretrain(_cfg(ct_store, out, "train.max_steps=8", "optim.momentum=0.5"), resume=str(out))
     after = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
 
@@ -182,6 +183,187 @@ def test_too_many_nan_losses_in_a_row_stop(ct_store, tmp_path, monkeypatch):
     _nan_at(monkeypatch, set(range(100)))
     with pytest.raises(PretrainError, match="3 non-finite losses in a row"):
         pretrain(_cfg(ct_store, tmp_path / "run", "train.nonfinite=skip", "train.max_skips=3"))
+
+
+def test_a_nan_input_is_skipped_without_a_trace(ct_store, tmp_path, monkeypatch):
+    # A NaN batch goes through the forward pass in train mode, which writes NaN into the
+    # BatchNorm running statistics before the loss is seen: the skip must undo that, or the
+    # next checkpoint is refused ("the weights are not finite") and the run dies.
+    from radengine.engine import trainer
+
+    real = trainer._views
+
+    def views(cfg, stage, batches, step, *args):
+        v1, v2 = real(cfg, stage, batches, step, *args)
+        return (v1 * float("nan"), v2) if step == 2 else (v1, v2)
+
+    monkeypatch.setattr(trainer, "_views", views)
+    out = tmp_path / "run"
+    r = pretrain(
+        _cfg(
+            ct_store,
+            out,
+            "train.max_steps=5",
+            "train.nonfinite=skip",
+            "train.checkpoint_every=1",
+            "train.keep_checkpoints=10",
+        )
+    )
+    assert r.steps == 5 and r.skipped_steps == 1
+    before = checkpoint.load(out / "checkpoints" / "step-00000002.pt")["model"]
+    after = checkpoint.load(out / "checkpoints" / "step-00000003.pt")["model"]  # the skipped
+    stats = [k for k in before if "running_" in k or "num_batches_tracked" in k]
+    assert stats  # the model has BatchNorm statistics to protect
+    for k in before:  # weights and buffers exactly as before the skipped step
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+    final = checkpoint.load(out / "checkpoints" / "step-00000005.pt")["model"]
+    assert all(torch.isfinite(final[k]).all() for k in stats)
+
+
+def _diverge_then_nan(monkeypatch, diverge_at: int, nan_at: int):
+    """Blow the conv weights up (x1e10: BatchNorm keeps the loss finite, as in a run whose
+    weights diverge before its loss does) at forward ``diverge_at``, NaN at ``nan_at``."""
+    from radengine.ssl import simclr
+
+    real = simclr.SimCLR.forward
+    calls = {"n": 0}
+
+    def forward(self, v1, v2):
+        n = calls["n"]
+        calls["n"] += 1
+        if n == diverge_at:
+            with torch.no_grad():
+                for m in self.modules():
+                    if isinstance(m, nn.Conv2d):
+                        m.weight.mul_(1e10)
+        loss = real(self, v1, v2)
+        return loss * float("nan") if n == nan_at else loss
+
+    monkeypatch.setattr(simclr.SimCLR, "forward", forward)
+
+
+def test_a_diverged_stop_names_the_sane_checkpoint_and_a_remedy_resume_is_recorded(
+    ct_store, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    extra = ["train.checkpoint_every=2", "train.keep_checkpoints=5"]
+    _diverge_then_nan(monkeypatch, diverge_at=4, nan_at=7)
+    with pytest.raises(PretrainError) as info:
+        pretrain(_cfg(ct_store, out, *extra))
+    message = str(info.value)
+    sane = out / "checkpoints" / "step-00000004.pt"
+    assert "loss is nan at step 7" in message
+    assert f"The last checkpoint that looks sane is {sane} (step 4" in message
+    assert "step-00000006.pt look diverged" in message
+    assert f"--resume {sane}" in message and "optim.grad_clip" in message
+    monkeypatch.undo()
+
+    # the remedies the message names are accepted on a resume, and recorded
+    r = pretrain(
+        _cfg(ct_store, out, *extra, "train.max_steps=8", "optim.grad_clip=1.0", "optim.lr=0.01"),
+        resume=str(sane),
+    )
+    assert r.steps == 8
+    changes = [{"step": 4, "changes": {"optim.grad_clip": [None, 1.0], "optim.lr": [None, 0.01]}}]
+    assert r.resume_changes == changes
+    assert json.loads((out / "summary.json").read_text())["resume_changes"] == changes
+    state = checkpoint.load(out / "checkpoints" / "step-00000008.pt")
+    assert state["state"]["resume_changes"] == changes
+    assert state["config"]["optim"]["grad_clip"] == 1.0
+    assert state["scheduler"]["base_lrs"] == [0.01] * len(state["scheduler"]["base_lrs"])
+    config_yaml = (out / "config.yaml").read_text()
+    assert config_yaml.startswith("# resumed at step 4: optim.grad_clip None -> 1.0, optim.lr")
+    assert load_pretrain_config(out / "config.yaml").optim.grad_clip == 1.0
+    # anything else is still another config
+    with pytest.raises(PretrainError, match=r"another config.*optim\.momentum"):
+        pretrain(_cfg(ct_store, out, *extra, "optim.momentum=0.5"), resume=str(out))
+
+
+def test_a_full_disk_at_a_checkpoint_then_resume(ct_store, tmp_path, monkeypatch):
+    import errno
+
+    from radengine.engine import trainer
+
+    real_fsync = os.fsync
+
+    def full(fd):  # the disk fills up from the step-8 checkpoint on
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(".step-00000008"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "run"
+    with pytest.raises(checkpoint.CheckpointError, match="no space left"):
+        pretrain(_cfg(ct_store, out, "train.max_steps=12"))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000004.pt"]
+    monkeypatch.undo()
+
+    # space was freed, but not much: rewriting the unchanged config.yaml must not be needed;
+    # and a temporary file a SIGKILL left mid-checkpoint is cleared
+    stray = out / "checkpoints" / ".step-00000008.pt.tmp-99999"
+    stray.write_bytes(b"\0" * 1000)
+    real_write = checkpoint.atomic_write
+
+    def no_config(path, data):
+        if Path(path).name == "config.yaml":
+            raise checkpoint.CheckpointError(f"could not write {path}: no space left")
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", no_config)
+    monkeypatch.setattr(trainer.checkpoint, "atomic_write", no_config)
+    r = pretrain(_cfg(ct_store, out, "train.max_steps=12"), resume=str(out))
+    assert r.steps == 12
+    assert not stray.exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-00000008.pt",
+        "step-00000012.pt",
+    ]
+
+
+def _disk_with_room_for(monkeypatch, folder: Path, n: int) -> list[str]:
+    """A fake disk holding ``n`` checkpoints: a checkpoint write fails for space while ``n``
+    complete ones exist. Returns the names of the writes that failed."""
+    import errno
+
+    real_fsync = os.fsync
+    failed = []
+
+    def fsync(fd):
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(".step-") and len(checkpoint.find(folder)) >= n:
+            failed.append(name)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return failed
+
+
+def test_a_full_keep_set_is_pruned_before_the_new_checkpoint(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    failed = _disk_with_room_for(monkeypatch, folder, 2)
+    for step in (1, 2, 3, 4):  # room for the keep-set of 2, not for 2 + 1
+        checkpoint.save(folder, step, {"format": 1, "w": torch.zeros(100)}, keep=2)
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000003.pt", "step-00000004.pt"]
+    assert failed  # statvfs said there was room: the write failed, pruned and was retried
+
+    # statvfs says there is no room: prune first, no failing write at all
+    failed.clear()
+    monkeypatch.setattr(checkpoint, "_fits", lambda _folder, _size: False)
+    checkpoint.save(folder, 5, {"format": 1, "w": torch.zeros(100)}, keep=2)
+    assert failed == []
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000004.pt", "step-00000005.pt"]
+
+    # keep=1 on a disk with room for one: the only good checkpoint is never deleted before
+    # the new one is complete (a kill mid-write must leave one), so the write fails
+    single = tmp_path / "single"
+    monkeypatch.undo()
+    _disk_with_room_for(monkeypatch, single, 1)
+    checkpoint.save(single, 1, {"format": 1, "w": torch.zeros(100)}, keep=1)
+    with pytest.raises(checkpoint.CheckpointError, match="no space left"):
+        checkpoint.save(single, 2, {"format": 1, "w": torch.zeros(100)}, keep=1)
+    assert [p.name for p in single.iterdir()] == ["step-00000001.pt"]
 
 
 def test_bad_data_is_reported(ct_store, tmp_path):
