@@ -153,13 +153,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``report`` and ``analyze`` to radengine's subcommands."""
     p = sub.add_parser(
         "report",
-        help="the transfer table (mean +- std over seeds, delta and Welch p vs a baseline) "
-        "from the eval runs in MLflow",
+        help="the transfer table (mean +- std over seeds, delta with 95%% CI, Welch p and "
+        "Holm-adjusted p vs a baseline) from the eval runs in MLflow",
         description="Collect the finished eval runs (tag stage=eval) into the transfer table: "
-        "rows = initialisations, columns = task x protocol x label fraction, cells = mean "
-        "+- std over seeds with the relative delta and Welch's t-test p-value against the "
-        "baseline row. Prints it and writes report.{txt,md,csv,html,svg}; logs them as a "
-        "run tagged stage=report.",
+        "rows = initialisations, columns = comparable runs (same task, protocol and its "
+        "settings, label fraction, eval data digest and split, input size, intensity and "
+        "normalisation; runs that differ get separate columns, labelled with the difference, "
+        "and a warning), cells = mean +- std over seeds with the delta of means, its 95% "
+        "confidence interval, Welch's t-test p-value and the Holm-adjusted p-value against "
+        "the baseline row. Prints it and writes report.{txt,md,csv,html} and the figure "
+        "report.{png,svg}; logs them as a run tagged stage=report.",
     )
     p.add_argument(
         "--study", help="keep runs whose `study` tag (or experiment name) is NAME", metavar="NAME"

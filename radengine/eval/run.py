@@ -635,6 +635,7 @@ def evaluate(cfg: EvalConfig, *, echo: Callable[[str], None] | None = None) -> E
         "init": init.source,
         "pretrain_run_id": init.pretrain_run_id,
         "primary_metric": f"test/{primary}",
+        "data_digest": features.store_digest,  # the eval store's content (radengine report)
         "seeds": [dataclasses.asdict(s) for s in results],
     }
     atomic_write_bytes(out / "results.json", (json.dumps(summary, indent=2) + "\n").encode())

@@ -1,33 +1,38 @@
-"""Statistics over seeds for the transfer table: mean +- std, deltas, Welch's t-test.
+"""Statistics over seeds for the transfer table: mean +- std, deltas with confidence
+intervals, Welch's t-test and Holm's correction for multiple comparisons.
 
 Study A reports the mean of 4 seeds per setting and tests differences with Welch's
-unequal-variance t-test; study B reports mean and standard deviation over trials. The
-samples here are tiny (a handful of seeds), so everything is plain float64 Python: no
-scipy. The Student t distribution is evaluated through the regularised incomplete beta
-function,
+unequal-variance t-test; study B reports mean and standard deviation over trials. The test
+and the Student t quantiles are scipy's (``scipy.stats.ttest_ind(equal_var=False)``,
+``scipy.stats.t.ppf``), imported when first needed so that ``import radengine`` stays light.
 
-    P(|T| >= |t|) = I_x(df / 2, 1 / 2),   x = df / (df + t^2),
+For two samples ``a`` (the setting) and ``b`` (the baseline) with sizes ``n_a, n_b`` and
+sample variances ``s_a^2, s_b^2``::
 
-with ``I`` from its continued fraction (modified Lentz), which keeps full relative
-precision for tiny p-values (it never forms ``1 - cdf``).
+    delta = mean(a) - mean(b),   se^2 = s_a^2 / n_a + s_b^2 / n_b,
+    df    = se^4 / ((s_a^2 / n_a)^2 / (n_a - 1) + (s_b^2 / n_b)^2 / (n_b - 1))
+    CI    = delta -+ t.ppf(1 - (1 - confidence) / 2, df) * se
 
-Degenerate cases of :func:`welch_ttest` (scipy's ``ttest_ind(equal_var=False)`` agrees on
-all but the second):
+(Welch-Satterthwaite degrees of freedom; the interval is the one the test inverts, so
+``p < 1 - confidence`` exactly when the interval excludes 0.)
 
-- fewer than 2 values on either side: the variance is undefined, so ``t``, ``df`` and
-  ``p_value`` are NaN (an empty side is a ValueError);
+Degenerate cases of :func:`welch_ttest` and :func:`compare`:
+
+- fewer than 2 values on either side: the variance is undefined, so ``t``, ``df``,
+  ``p_value`` and the interval are NaN (an empty side is a ValueError);
 - zero variance on both sides and equal means (e.g. 100% on every seed of both): no
-  evidence of a difference, ``t = 0`` and ``p_value = 1`` (scipy returns NaN);
-- zero variance on both sides and different means: the difference is certain,
-  ``t = +-inf`` and ``p_value = 0``;
-- zero variance on one side only: the ordinary formula (``df`` is then ``n - 1`` of the
+  evidence of a difference, ``t = 0``, ``p_value = 1`` and the interval is ``[0, 0]``
+  (scipy returns NaN);
+- zero variance on both sides and different means: ``t = +-inf``, ``p_value = 0`` (as
+  scipy) and the interval is ``[delta, delta]``;
+- zero variance on one side only: the ordinary formulas (``df`` is then ``n - 1`` of the
   other side).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -36,20 +41,16 @@ __all__ = [
     "Comparison",
     "Summary",
     "WelchResult",
-    "betainc",
     "compare",
+    "delta_ci",
+    "holm",
     "mean_std",
     "relative_delta",
-    "student_t_sf",
     "summarize",
     "welch_ttest",
 ]
 
 Values = Iterable[float] | Tensor
-
-_EPS = 1e-15
-_TINY = 1e-300
-_MAX_ITER = 100_000
 
 
 def _as_values(values: Values, name: str) -> list[float]:
@@ -131,88 +132,6 @@ def relative_delta(value: float, baseline: float) -> float:
     return (value - baseline) / abs(baseline)
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of I_x(a, b) (times B(a, b) x^-a (1-x)^-b a), modified Lentz."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > _TINY else _TINY)
-    h = d
-    for m in range(1, _MAX_ITER + 1):
-        m2 = 2 * m
-        # Even step: d_{2m} = m (b - m) x / ((a + 2m - 1)(a + 2m)).
-        num = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = 1.0 + num / c
-        c = c if abs(c) > _TINY else _TINY
-        h *= d * c
-        # Odd step: d_{2m+1} = -(a + m)(a + b + m) x / ((a + 2m)(a + 2m + 1)).
-        num = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = 1.0 + num / c
-        c = c if abs(c) > _TINY else _TINY
-        step = d * c
-        h *= step
-        if abs(step - 1.0) < _EPS:
-            return h
-    raise RuntimeError(f"incomplete beta continued fraction did not converge (a={a}, b={b})")
-
-
-def _betainc(a: float, b: float, x: float, y: float) -> float:
-    """I_x(a, b) with ``y = 1 - x`` given separately (no cancellation near x = 1)."""
-    if x <= 0.0:
-        return 0.0
-    if y <= 0.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
-    )
-    front = math.exp(log_front)
-    # The fraction converges fast for x < (a + 1) / (a + b + 2); otherwise use the symmetry
-    # I_x(a, b) = 1 - I_{1-x}(b, a).
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, y) / b
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function ``I_x(a, b)``.
-
-    Args:
-        a: first shape parameter, > 0.
-        b: second shape parameter, > 0.
-        x: in ``[0, 1]``.
-
-    Returns:
-        ``I_x(a, b)`` in float64 (agrees with ``scipy.special.betainc`` to ~1e-14).
-    """
-    a, b, x = float(a), float(b), float(x)
-    if not (a > 0 and math.isfinite(a)):
-        raise ValueError(f"a must be positive and finite, got {a}")
-    if not (b > 0 and math.isfinite(b)):
-        raise ValueError(f"b must be positive and finite, got {b}")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"x must be in [0, 1], got {x}")
-    return _betainc(a, b, x, 1.0 - x)
-
-
-def student_t_sf(t: float, df: float) -> float:
-    """Upper tail ``P(T > t)`` of Student's t with ``df > 0`` degrees of freedom."""
-    t, df = float(t), float(df)
-    if not (df > 0 and math.isfinite(df)):
-        raise ValueError(f"df must be positive and finite, got {df}")
-    if math.isnan(t):
-        raise ValueError("t is NaN")
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    tt = t * t
-    # P(|T| >= |t|) = I_{df/(df+t^2)}(df/2, 1/2); the one-sided tail is half of it.
-    two_sided = _betainc(df / 2.0, 0.5, df / (df + tt), tt / (df + tt))
-    return 0.5 * two_sided if t > 0 else 1.0 - 0.5 * two_sided
-
-
 @dataclass(frozen=True)
 class WelchResult:
     """Welch's unequal-variance t-test of ``mean(a) - mean(b)``.
@@ -220,16 +139,18 @@ class WelchResult:
     Attributes:
         t: the statistic (positive when ``a`` has the larger mean).
         df: Welch-Satterthwaite degrees of freedom (NaN where undefined).
-        p_value: two-sided p-value.
+        p_value: two-sided p-value (NaN with fewer than 2 values on a side).
+        se: standard error of the difference of means (NaN where undefined).
     """
 
     t: float
     df: float
     p_value: float
+    se: float = math.nan
 
 
 def welch_ttest(a: Values, b: Values) -> WelchResult:
-    """Two-sided Welch's t-test (``scipy.stats.ttest_ind(a, b, equal_var=False)``).
+    """Two-sided Welch's t-test, ``scipy.stats.ttest_ind(a, b, equal_var=False)``.
 
     Args:
         a: values of one setting (e.g. one metric over seeds).
@@ -237,30 +158,62 @@ def welch_ttest(a: Values, b: Values) -> WelchResult:
 
     Returns:
         :class:`WelchResult`; the degenerate cases are listed in the module docstring.
+
+    Raises:
+        ValueError: a side is empty or holds NaN or infinite values.
     """
     xa, xb = _as_values(a, "a"), _as_values(b, "b")
     na, nb = len(xa), len(xb)
-    ma, va = _mean_var(xa)
-    mb, vb = _mean_var(xb)
     if na < 2 or nb < 2:
         return WelchResult(math.nan, math.nan, math.nan)
-    sa, sb = va / na, vb / nb
-    se2 = sa + sb
+    ma, va = _mean_var(xa)
+    mb, vb = _mean_var(xb)
+    se2 = va / na + vb / nb
     diff = ma - mb
     if se2 == 0.0:
         if diff == 0.0:
-            return WelchResult(0.0, math.nan, 1.0)
-        return WelchResult(math.copysign(math.inf, diff), math.nan, 0.0)
-    t = diff / math.sqrt(se2)
-    df = se2 * se2 / (sa * sa / (na - 1) + sb * sb / (nb - 1))
-    tt = t * t
-    p = _betainc(df / 2.0, 0.5, df / (df + tt), tt / (df + tt))
-    return WelchResult(t, df, min(1.0, p))
+            return WelchResult(0.0, math.nan, 1.0, 0.0)
+        return WelchResult(math.copysign(math.inf, diff), math.nan, 0.0, 0.0)
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    with warnings.catch_warnings():
+        # "Precision loss occurred in moment calculation": near-constant samples, for
+        # which the exact zero-variance cases above already answered.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = ttest_ind(xa, xb, equal_var=False)
+    return WelchResult(float(res.statistic), float(res.df), float(res.pvalue), math.sqrt(se2))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for multiple comparisons.
+
+    The ``m`` finite p-values are sorted ascending, ``p_(1) <= ... <= p_(m)``; the adjusted
+    ``p_(i)`` is ``max_{j <= i} min(1, (m - j + 1) p_(j))``. Rejecting where the adjusted
+    p-value is below ``alpha`` controls the family-wise error rate at ``alpha``.
+
+    Args:
+        p_values: raw p-values; NaN entries (tests that could not be made) are left NaN
+            and not counted in ``m``.
+
+    Returns:
+        The adjusted p-values, in the order given.
+    """
+    ps = [float(p) for p in p_values]
+    order = sorted((i for i, p in enumerate(ps) if not math.isnan(p)), key=lambda i: ps[i])
+    m = len(order)
+    out = [math.nan] * len(ps)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One setting against a baseline, as a row of the transfer table.
+    """One setting against a baseline, as a cell of the transfer table.
 
     Attributes:
         summary: the setting over its seeds.
@@ -268,6 +221,9 @@ class Comparison:
         delta: ``summary.mean - baseline.mean``.
         relative_delta: ``delta / |baseline.mean|`` (NaN when the baseline mean is 0).
         test: Welch's t-test of the setting against the baseline.
+        ci_low: lower end of the ``confidence`` interval of ``delta`` (NaN with n < 2).
+        ci_high: upper end.
+        confidence: the interval's confidence level.
     """
 
     summary: Summary
@@ -275,21 +231,55 @@ class Comparison:
     delta: float
     relative_delta: float
     test: WelchResult
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    confidence: float = 0.95
 
     def significant(self, alpha: float = 0.05) -> bool:
         """Whether the p-value is below ``alpha`` (False when it is NaN)."""
         return self.test.p_value < alpha
 
 
-def compare(values: Values, baseline_values: Values) -> Comparison:
-    """Summaries, absolute and relative deltas and Welch's test of a setting vs a baseline.
+def delta_ci(test: WelchResult, delta: float, confidence: float = 0.95) -> tuple[float, float]:
+    """The Welch confidence interval of a difference of means (see the module docstring).
+
+    Args:
+        test: the Welch test of the two samples (its ``df`` and ``se``).
+        delta: the difference of their means.
+        confidence: the level, in (0, 1).
+
+    Returns:
+        ``(low, high)``; NaN where a side has fewer than 2 values, ``(delta, delta)`` when
+        both sides have zero variance.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if math.isnan(test.se):
+        return math.nan, math.nan
+    if test.se == 0.0:
+        return delta, delta
+    from scipy.stats import t as student_t
+
+    half = float(student_t.ppf(1.0 - (1.0 - confidence) / 2.0, test.df)) * test.se
+    return delta - half, delta + half
+
+
+def compare(values: Values, baseline_values: Values, confidence: float = 0.95) -> Comparison:
+    """Summaries, deltas with their confidence interval, and Welch's test vs a baseline.
 
     Args:
         values: the setting's metric over seeds.
         baseline_values: the baseline's metric over seeds.
+        confidence: level of the interval of the delta.
+
+    Returns:
+        The :class:`Comparison`.
     """
     x = _as_values(values, "values")
     xb = _as_values(baseline_values, "baseline_values")
     s, base = summarize(x), summarize(xb)
-    rel = (s.mean - base.mean) / abs(base.mean) if base.mean != 0 else math.nan
-    return Comparison(s, base, s.mean - base.mean, rel, welch_ttest(x, xb))
+    delta = s.mean - base.mean
+    rel = delta / abs(base.mean) if base.mean != 0 else math.nan
+    test = welch_ttest(x, xb)
+    low, high = delta_ci(test, delta, confidence)
+    return Comparison(s, base, delta, rel, test, low, high, confidence)

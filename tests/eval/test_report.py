@@ -1,10 +1,13 @@
 """`radengine report`: the transfer table from eval runs made directly with mlflow (the tags
-radengine.eval.run sets), checked against hand-computed statistics; the files it writes,
+and params radengine.eval.run logs), checked against statistics computed here with scipy;
+columns that only hold comparable runs (split by input size, eval data, protocol settings;
+unknown settings flagged); the files it writes (report.csv schema, a valid PNG/SVG figure),
 the report run it logs, and its errors."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import xml.etree.ElementTree as ET
@@ -12,10 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import ttest_ind
 
 from radengine.cli import main
-from radengine.eval import stats
-from radengine.eval.report import EvalRecord, ReportError, build_table, row_label
+from radengine.eval.report import (
+    CSV_FIELDS,
+    ComparabilityKey,
+    EvalRecord,
+    ReportError,
+    build_table,
+    row_label,
+    to_csv,
+    to_text,
+)
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -29,6 +41,8 @@ def _in_tmp(tmp_path, monkeypatch):
 PRE_CT = "a" * 32
 PRE_NAT = "b" * 32
 PRE_CT10 = "c" * 32
+DIGEST = "d" * 64
+OTHER_DIGEST = "e" * 64
 
 # (row) -> pretraining tags; values over seeds 42, 1, 2, 3
 INITS = {
@@ -69,16 +83,33 @@ VALUES = {
     ("scratch", "finetune", 1.0): [0.95, 0.96, 0.955, 0.95],
     ("simclr natural", "finetune", 1.0): [0.965, 0.96, 0.97, 0.962],
 }
+# The new user's table: scratch evaluated at 224 px, the pretrained encoders at 96 px.
+MIXED_SIZES = {
+    ("scratch", 224): [0.91, 0.915, 0.905, 0.912],
+    ("simclr ct", 96): [0.885, 0.89, 0.88, 0.886],
+    ("simclr natural", 96): [0.87, 0.875, 0.872, 0.869],
+}
+# One store digest for most runs; a second store where scratch has a single seed.
+MIXED_DATA = {
+    ("scratch", DIGEST): [0.80, 0.82, 0.81, 0.79],
+    ("simclr ct", DIGEST): [0.85, 0.86, 0.84, 0.855],
+    ("scratch", OTHER_DIGEST): [0.6],
+    ("simclr ct", OTHER_DIGEST): [0.7, 0.72, 0.71, 0.69],
+}
+REQUIRED_CSV = ["row", "column", "n", "mean", "std", "delta", "delta_ci_low", "delta_ci_high",
+                "p", "p_holm"]  # fmt: skip
 
 
-def _tags(row: str, protocol: str, lf: float, seed: int, study: str = "study_a") -> dict:
+def _tags(
+    row: str, protocol: str, lf: float, seed: int, study: str = "study_a", domain: str = "ct"
+) -> dict:
     return {
         "study": study,
         "stage": "eval",
         "protocol": protocol,
         "task": "body_region",
         "arch": "resnet18",
-        "domain": "ct",
+        "domain": domain,
         "label_fraction": str(lf),
         "seed": str(seed),
         "primary_metric": "test/accuracy",
@@ -86,8 +117,33 @@ def _tags(row: str, protocol: str, lf: float, seed: int, study: str = "study_a")
     }
 
 
-def _run(client, exp, tags, metrics, status="FINISHED", start=None):
+@functools.cache
+def _params_cached(size: int, digest: str | None, overrides: tuple[str, ...]) -> dict:
+    from radengine import config as base_config
+    from radengine.eval.config import load_eval_config
+    from radengine.tracking import flatten
+
+    # What radengine.eval.run logs: the resolved config flattened, resolved.*, and the
+    # store's digest (Tracker.log_dataset's data.digest).
+    resolved = [f"input.size={size}", "input.intensity=minmax", "input.repeat=3", *overrides]
+    cfg = load_eval_config(overrides=resolved)
+    extra = {"size": size, "intensity": "minmax", "repeat": 3, "device": "cpu"}
+    params = flatten({**base_config.to_dict(cfg), "resolved": extra})
+    if digest is not None:
+        params["data.digest"] = digest
+    return params
+
+
+def _params(size: int = 96, digest: str | None = DIGEST, *overrides: str) -> dict:
+    return dict(_params_cached(size, digest, overrides))
+
+
+def _run(client, exp, tags, metrics, status="FINISHED", start=None, params=None):
+    from mlflow.entities import Param
+
     run = client.create_run(exp, tags=tags, start_time=start)
+    if params:
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     for k, v in metrics.items():
         client.log_metric(run.info.run_id, k, v)
     client.set_terminated(run.info.run_id, status)
@@ -106,18 +162,28 @@ def store(tmp_path_factory):
         client.search_experiments()
     exp = client.create_experiment("study_a", artifact_location=(folder / "art").as_uri())
     other = client.create_experiment("other", artifact_location=(folder / "art2").as_uri())
+    mixed = client.create_experiment("mixed", artifact_location=(folder / "art3").as_uri())
     t = 1_700_000_000_000
     for (row, protocol, lf), values in VALUES.items():
         for seed, v in zip(SEEDS, values, strict=True):
             t += 1000
             _run(client, exp, _tags(row, protocol, lf, seed), {"test/accuracy": v,
-                 "test/auc_mean": v / 2}, start=t)  # fmt: skip
+                 "test/auc_mean": v / 2}, start=t, params=_params())  # fmt: skip
     # An older duplicate of scratch linear seed 42 (the newer one counts), a failed run, a
     # pretraining run, and a run of another study: all left out.
-    _run(client, exp, _tags("scratch", "linear", 1.0, 42), {"test/accuracy": 0.1}, start=1)
+    _run(client, exp, _tags("scratch", "linear", 1.0, 42), {"test/accuracy": 0.1}, start=1,
+         params=_params())  # fmt: skip
     _run(client, exp, _tags("scratch", "linear", 1.0, 7), {"test/accuracy": 0.2}, "FAILED")
     _run(client, exp, {"stage": "pretrain", "study": "study_a"}, {"test/accuracy": 0.3})
     _run(client, other, _tags("scratch", "linear", 1.0, 9, "study_b"), {"test/accuracy": 0.4})
+    for (row, size), values in MIXED_SIZES.items():
+        for seed, v in zip(SEEDS, values, strict=True):
+            tags = _tags(row, "linear", 1.0, seed, "sizes")
+            _run(client, mixed, tags, {"test/accuracy": v}, params=_params(size))
+    for (row, digest), values in MIXED_DATA.items():
+        for seed, v in zip(SEEDS, values, strict=False):
+            tags = _tags(row, "knn", 1.0, seed, "stores")
+            _run(client, mixed, tags, {"test/accuracy": v}, params=_params(96, digest))
     return uri, folder
 
 
@@ -126,16 +192,40 @@ def _read_csv(path: Path) -> dict[tuple[str, str, float], dict]:
         return {(r["row"], r["protocol"], float(r["label_fraction"])): r for r in csv.DictReader(f)}
 
 
-def test_report_reproduces_hand_computed_statistics(store, tmp_path, capsys):
+def _holm_by_hand(ps: list[float]) -> list[float]:
+    """Holm's step-down, written out: adjusted p_i = max over p_j <= p_i of (m - rank_j) p_j."""
+    m = len(ps)
+    ranked = sorted(ps)
+    return [min(1.0, max((m - j) * ranked[j] for j in range(m) if ranked[j] <= p)) for p in ps]
+
+
+def _check_figure(png: Path, svg: Path) -> None:
+    from matplotlib.image import imread
+
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = imread(png)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    root = ET.parse(svg).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+
+
+def test_report_reproduces_statistics_computed_with_scipy(store, tmp_path, capsys):
     uri, _ = store
     out = tmp_path / "rep"
     assert main(["report", "--tracking", uri, "--study", "study_a", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "scratch" in text and "simclr ct 10%" in text and "body_region linear 10%" in text
-    for ext in ("txt", "md", "csv", "html", "svg"):
+    # every run logs the same settings: no split, no warning; the legend names them
+    assert "warning" not in text and "@96px" not in text
+    assert "input 96px, intensity minmax" in text and f"eval data {DIGEST[:12]}" in text
+    for ext in ("txt", "md", "csv", "html", "png", "svg"):
         assert (out / f"report.{ext}").stat().st_size > 0
+    with open(out / "report.csv") as f:
+        header = next(csv.reader(f))
+    assert header[: len(REQUIRED_CSV)] == REQUIRED_CSV and tuple(header) == CSV_FIELDS
     rows = _read_csv(out / "report.csv")
     assert len(rows) == len(VALUES)
+    tested = []
     for key, values in VALUES.items():
         r = rows[key]
         x = np.array(values)
@@ -145,43 +235,173 @@ def test_report_reproduces_hand_computed_statistics(store, tmp_path, capsys):
         row, protocol, lf = key
         assert r["baseline"] == "scratch"
         base = np.array(VALUES[("scratch", protocol, lf)])
-        if row == "scratch":
-            assert r["p_value"] == "" and r["delta"] == ""
+        if row == "scratch":  # the baseline's own cells: no delta, no p
+            assert r["p"] == r["p_holm"] == r["delta"] == r["delta_ci_low"] == ""
+            assert r["note"] == "baseline"
             continue
-        # Welch by hand: t, Welch-Satterthwaite df; p from radengine's Student t tail.
-        va, vb = x.var(ddof=1) / 4, base.var(ddof=1) / 4
-        t = (x.mean() - base.mean()) / math.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 3)
+        want = ttest_ind(x, base, equal_var=False)
+        ci = want.confidence_interval(0.95)
         assert float(r["delta"]) == pytest.approx(x.mean() - base.mean(), abs=1e-12)
         assert float(r["relative_delta"]) == pytest.approx(
             (x.mean() - base.mean()) / base.mean(), rel=1e-9
         )
-        assert float(r["t"]) == pytest.approx(t, rel=1e-9)
-        assert float(r["df"]) == pytest.approx(df, rel=1e-9)
-        assert float(r["p_value"]) == pytest.approx(2 * stats.student_t_sf(abs(t), df), rel=1e-9)
-        try:
-            from scipy.stats import ttest_ind
-        except ImportError:
-            continue
-        assert float(r["p_value"]) == pytest.approx(
-            ttest_ind(x, base, equal_var=False).pvalue, rel=1e-6
-        )
-    # figures and pages are well-formed; one bar per cell
-    svg = ET.parse(out / "report.svg").getroot()
-    bars = [e for e in svg.iter() if e.get("class") == "bar"]
-    assert len(bars) == len(VALUES)
+        assert float(r["t"]) == pytest.approx(want.statistic, rel=1e-9)
+        assert float(r["df"]) == pytest.approx(want.df, rel=1e-9)
+        assert float(r["p"]) == pytest.approx(want.pvalue, rel=1e-9)
+        assert float(r["delta_ci_low"]) == pytest.approx(ci.low, rel=1e-9)
+        assert float(r["delta_ci_high"]) == pytest.approx(ci.high, rel=1e-9)
+        tested.append(r)
+    # Holm over the table's 5 comparisons
+    for r, adj in zip(tested, _holm_by_hand([float(r["p"]) for r in tested]), strict=True):
+        assert float(r["p_holm"]) == pytest.approx(adj, rel=1e-12)
+        assert float(r["p_holm"]) >= float(r["p"])
+    assert "p_holm=" in text and "[+" in text  # the CI printed with the delta
+    _check_figure(out / "report.png", out / "report.svg")
     md = (out / "report.md").read_text()
     assert md.count("\n| ") == 1 + len(INITS)  # header + one line per row
-    assert "<table>" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "<svg" in html and "p_holm" in html
 
-    # the report run: stage=report, artifacts, in its own experiment
+    # the report run: stage=report, the files (figure included) as artifacts
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("radengine-report")
-    runs = client.search_runs([exp.experiment_id], "tags.stage = 'report'")
-    assert len(runs) == 1 and runs[0].data.tags["study"] == "study_a"
-    assert runs[0].data.tags["baseline"] == "scratch"
+    runs = client.search_runs(
+        [exp.experiment_id], "tags.stage = 'report' and tags.study = 'study_a'"
+    )
+    assert len(runs) == 1 and runs[0].data.tags["baseline"] == "scratch"
+    assert runs[0].data.tags["comparability_warnings"] == "0"
+    assert runs[0].data.metrics["report/tests"] == 5
     arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
-    assert arts == {f"report/report.{e}" for e in ("txt", "md", "csv", "html", "svg")}
+    assert arts == {f"report/report.{e}" for e in ("txt", "md", "csv", "html", "png", "svg")}
+    logged = Path(client.download_artifacts(runs[0].info.run_id, "report", str(tmp_path / "dl")))
+    _check_figure(logged / "report.png", logged / "report.svg")
+
+
+def test_mixed_input_sizes_are_split_with_a_warning(store, tmp_path, capsys):
+    uri, _ = store
+    out = tmp_path / "rep"
+    assert main(["report", "--tracking", uri, "--study", "sizes", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    head = next(line for line in text.splitlines() if line.startswith("init "))
+    assert "body_region linear @224px" in head and "body_region linear @96px" in head
+    (warning,) = [line for line in text.splitlines() if line.startswith("warning:")]
+    assert "differ in input size" in warning and "@224px: scratch" in warning
+    assert "@96px: simclr ct, simclr natural" in warning
+    with open(out / "report.csv") as f:
+        cells = {r["row"]: r for r in csv.DictReader(f)}
+    assert cells["scratch"]["column"] == "body_region linear @224px"
+    assert cells["scratch"]["input_size"] == "224px"
+    for row in ("simclr ct", "simclr natural"):  # never compared with the 224 px scratch
+        assert cells[row]["column"] == "body_region linear @96px"
+        assert cells[row]["delta"] == cells[row]["p"] == cells[row]["p_holm"] == ""
+        assert cells[row]["note"] == "no baseline in this column"
+    assert "no scratch runs in column(s) body_region linear @96px" in text
+    assert "warning" in (out / "report.md").read_text()
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("radengine-report")
+    (run,) = client.search_runs([exp.experiment_id], "tags.study = 'sizes'")
+    assert run.data.tags["comparability_warnings"] == "1"
+
+
+def test_mixed_eval_data_is_split_and_n1_cells_get_no_test(store, tmp_path, capsys):
+    uri, _ = store
+    out = tmp_path / "rep"
+    assert main(["report", "--tracking", uri, "--study", "stores", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    same, other = f"body_region knn data {DIGEST[:8]}", f"body_region knn data {OTHER_DIGEST[:8]}"
+    assert same in text and other in text
+    assert any("differ in eval data digest" in line for line in text.splitlines())
+    with open(out / "report.csv") as f:
+        cells = {(r["row"], r["column"]): r for r in csv.DictReader(f)}
+    r = cells[("simclr ct", same)]
+    x, base = MIXED_DATA[("simclr ct", DIGEST)], MIXED_DATA[("scratch", DIGEST)]
+    want = ttest_ind(x, base, equal_var=False)
+    assert float(r["p"]) == pytest.approx(want.pvalue, rel=1e-9)
+    assert float(r["p_holm"]) == pytest.approx(want.pvalue, rel=1e-12)  # the only test
+    assert float(r["delta_ci_low"]) == pytest.approx(want.confidence_interval().low, rel=1e-9)
+    assert r["data_digest"] == DIGEST
+    # the other store: scratch has one seed, so no std, no test and no interval
+    assert cells[("scratch", other)]["n"] == "1" and cells[("scratch", other)]["std"] == ""
+    r = cells[("simclr ct", other)]
+    assert float(r["delta"]) == pytest.approx(
+        np.mean(MIXED_DATA[("simclr ct", OTHER_DIGEST)]) - 0.6
+    )
+    assert r["p"] == r["p_holm"] == r["delta_ci_low"] == r["delta_ci_high"] == ""
+    assert r["note"] == "n<2: no test"
+    assert "60.00 (n=1) baseline" in text and "no test: n=1" in text
+
+
+def _record(row: str, seed: int, value: float, params: dict, protocol: str = "linear"):
+    tags = _tags(row, protocol, 1.0, seed)
+    return EvalRecord(f"{row}-{seed}-{len(params)}", tags, {"test/accuracy": value}, params=params)
+
+
+def test_unknown_settings_are_flagged_and_never_merged():
+    # scratch logged its settings; simclr ct's runs are older and logged none
+    recs = [_record("scratch", s, 0.9 + s / 100, _params()) for s in range(3)]
+    recs += [_record("simclr ct", s, 0.95 + s / 100, {}) for s in range(3)]
+    recs += [_record("scratch", s, 0.8 + s / 100, {}) for s in range(3)]
+    table = build_table(recs)
+    assert len(table.columns) == 2
+    known, unknown = sorted(table.columns, key=lambda c: c.key.input_size == "unknown")
+    assert unknown.key.unknown() == [
+        "input size", "intensity", "normalisation", "eval data digest", "split seed",
+        "protocol config",
+    ]  # fmt: skip
+    assert known.key.unknown() == []
+    # nothing recorded differs: the known column keeps its plain name
+    assert table.column_label(known) == "body_region linear"
+    assert table.column_label(unknown) == "body_region linear (settings unknown)"
+    # the simclr ct runs are compared with the unknown-settings scratch runs only
+    cell = table.cells[("simclr ct", unknown)]
+    assert cell.comparison is not None
+    assert cell.comparison.baseline.mean == pytest.approx(0.81)
+    assert ("simclr ct", known) not in table.cells
+    (split, flag) = table.warnings
+    assert "differ in settings some runs do not record" in split
+    assert "runs of scratch, simclr ct do not record their" in flag and "cannot be checked" in flag
+    text = to_text(table)
+    assert "warning: runs of scratch, simclr ct do not record" in text
+    assert "linear config: unknown" in text
+    # old runs only: nothing to split, but still flagged
+    table = build_table(recs[3:])
+    assert len(table.columns) == 1 and table.qualifiers == {}
+    assert len(table.warnings) == 1 and "do not record" in table.warnings[0]
+
+
+def test_protocol_settings_split_columns():
+    recs = [_record("scratch", s, 0.9 + s / 100, _params()) for s in range(2)]
+    recs += [_record("simclr ct", s, 0.95 + s / 100, _params(96, DIGEST, "linear.epochs=10"))
+             for s in range(2)]  # fmt: skip
+    # linear.eval_every only changes how often the validation metric is logged: these runs
+    # land in the first scratch runs' column (same seeds, so they count as repeats)
+    recs += [
+        _record("scratch", s, 0.7 + s / 100, _params(96, DIGEST, "linear.eval_every=5"))
+        for s in range(2)
+    ]
+    table = build_table(recs)
+    labels = table.column_labels()
+    assert labels == ["body_region linear epochs=10", "body_region linear epochs=100"]
+    assert "differ in linear.epochs" in table.warnings[0]
+    assert any("2 run(s) repeated a (row, column, seed)" in n for n in table.notes)
+    assert len(table.cells) == 2
+    # knn: its k set is part of the key; the linear grid is not
+    k1 = ComparabilityKey.from_run(
+        _tags("scratch", "knn", 1.0, 0), _params(96, DIGEST, "knn.k=[5]")
+    )
+    k2 = ComparabilityKey.from_run(
+        _tags("scratch", "knn", 1.0, 0), _params(96, DIGEST, "linear.epochs=1")
+    )
+    k3 = ComparabilityKey.from_run(_tags("scratch", "knn", 1.0, 0), _params())
+    assert k1 != k3 and k2 == k3 and dict(k1.protocol_config)["k"] == "[5]"
+    # natural-image stores ignore the CT intensity mapping: not a reason to split
+    nat = _tags("scratch", "knn", 1.0, 0, domain="natural")
+    windows = _params(96, DIGEST, "input.intensity=[[40, 400]]")
+    assert ComparabilityKey.from_run(nat, windows) == ComparabilityKey.from_run(nat, _params())
+    ct = _tags("scratch", "knn", 1.0, 0)
+    assert ComparabilityKey.from_run(ct, windows) != ComparabilityKey.from_run(ct, _params())
+    csv_text = to_csv(table)
+    assert json.loads(next(csv.DictReader(csv_text.splitlines()))["protocol_config"])["epochs"]
 
 
 def test_baseline_by_name_or_init_and_metric_choice(store, tmp_path, capsys):
@@ -194,9 +414,9 @@ def test_baseline_by_name_or_init_and_metric_choice(store, tmp_path, capsys):
     assert r["baseline"] == "simclr ct" and r["metric"] == "test/auc_mean"
     ct = np.array(VALUES[("simclr ct", "linear", 1.0)]) / 2
     sc = np.array(VALUES[("scratch", "linear", 1.0)]) / 2
-    assert float(r["p_value"]) == pytest.approx(stats.welch_ttest(sc, ct).p_value, rel=1e-12)
+    assert float(r["p"]) == pytest.approx(ttest_ind(sc, ct, equal_var=False).pvalue, rel=1e-9)
     # finetune has no simclr ct cell: no comparison there
-    assert rows[("scratch", "finetune", 1.0)]["p_value"] == ""
+    assert rows[("scratch", "finetune", 1.0)]["p"] == ""
     assert main([*common, "--baseline", "Simclr Natural", "--out", str(tmp_path / "b")]) == 0
     capsys.readouterr()
 
@@ -221,31 +441,87 @@ def test_report_errors(store, tmp_path, capsys):
     assert "none has test/dice_mean" in capsys.readouterr().err
 
 
-def test_tracking_none_reads_results_folders(tmp_path, capsys):
+def _results_folder(root: Path, name: str, init: str, vals: list[float], size: int | None,
+                    digest: str | None) -> None:  # fmt: skip
     import yaml
 
-    for init, vals in (("scratch", [0.5, 0.6]), ("/w/moco.pth", [0.7, 0.8])):
-        d = tmp_path / "eval" / init.replace("/", "_")
-        d.mkdir(parents=True)
-        (d / "config.yaml").write_text(
-            yaml.safe_dump({"study": "s", "data": {"label_fraction": 1.0}})
-        )
-        seeds = [{"seed": i, "run_id": None, "test": {"accuracy": v}} for i, v in enumerate(vals)]
-        res = {"protocol": "knn", "task": "class", "init": init, "seeds": seeds,
-               "primary_metric": "test/accuracy"}  # fmt: skip
-        (d / "results.json").write_text(json.dumps(res))
+    from radengine import config as base_config
+    from radengine.eval.config import load_eval_config
+
+    d = root / name
+    d.mkdir(parents=True)
+    if size is None:  # an old folder: a partial config, no digest
+        cfg = {"study": "s", "data": {"label_fraction": 1.0}}
+    else:
+        over = ["study=s", "protocol=knn", f"input.size={size}", "input.intensity=minmax",
+                "input.repeat=3"]  # fmt: skip
+        cfg = base_config.to_dict(load_eval_config(overrides=over))
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    seeds = [{"seed": i, "run_id": None, "test": {"accuracy": v}} for i, v in enumerate(vals)]
+    res = {"protocol": "knn", "task": "class", "init": init, "seeds": seeds,
+           "primary_metric": "test/accuracy"}  # fmt: skip
+    if digest:
+        res["data_digest"] = digest
+    (d / "results.json").write_text(json.dumps(res))
+
+
+def test_tracking_none_reads_results_folders(tmp_path, capsys):
+    root = tmp_path / "eval"
+    _results_folder(root, "a", "scratch", [0.5, 0.6], 64, DIGEST)
+    _results_folder(root, "b", "/w/moco.pth", [0.7, 0.8], 64, DIGEST)
     out = tmp_path / "rep"
-    args = ["report", "--tracking", "none", "--results", str(tmp_path / "eval"), "--out", str(out)]
+    args = ["report", "--tracking", "none", "--results", str(root), "--out", str(out)]
     assert main(args) == 0
-    assert "MLflow" not in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "MLflow" not in text and "warning" not in text
     with open(out / "report.csv") as f:
         rows = {r["row"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"scratch", "/w/moco.pth"}
-    assert float(rows["/w/moco.pth"]["p_value"]) == pytest.approx(
-        stats.welch_ttest([0.7, 0.8], [0.5, 0.6]).p_value
+    assert rows["scratch"]["input_size"] == "64px" and rows["scratch"]["data_digest"] == DIGEST
+    assert float(rows["/w/moco.pth"]["p"]) == pytest.approx(
+        ttest_ind([0.7, 0.8], [0.5, 0.6], equal_var=False).pvalue, rel=1e-9
     )
+    _check_figure(out / "report.png", out / "report.svg")
+    # a scratch evaluated at another size, and an old folder without settings: own columns
+    _results_folder(root, "c", "/w/byol.pth", [0.9, 0.95], 224, DIGEST)
+    _results_folder(root, "d", "/w/old.pth", [0.4, 0.45], None, None)
+    assert main([*args[:-1], str(tmp_path / "rep2")]) == 0
+    text = capsys.readouterr().out
+    assert "class knn @224px" in text and "class knn @64px" in text
+    assert "class knn (settings unknown)" in text and "do not record" in text
     assert main(["report", "--tracking", "none", "--results", str(tmp_path / "x")]) == 2
     assert "no finished eval runs" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("tracked", [False, True], ids=["results-folders", "mlflow"])
+def test_eval_at_two_sizes_then_report_splits(tracked, store, ct_store, tmp_path, capsys):
+    """The real path: `radengine eval` at two input sizes, then the report: every part of
+    the key is recorded (no 'unknown'), and the sizes get their own columns."""
+    from radengine.data.store import Store
+
+    uri = store[0] if tracked else "none"
+    common = ["--data", str(ct_store), "--tracking", uri, "--seeds", "1,2", "knn.k=[5]",
+              f"cache.dir={tmp_path / 'cache'}", "progress=false", "study=real"]  # fmt: skip
+    root = tmp_path / "eval"
+    for size in (32, 48):
+        out = root / f"scratch-{size}"
+        assert main(["eval", "knn", "--init", "scratch", *common, f"input.size={size}",
+                     "--out", str(out)]) == 0  # fmt: skip
+        results = json.loads((out / "results.json").read_text())
+        assert results["data_digest"] == Store(ct_store).digest()
+    capsys.readouterr()
+    rep = tmp_path / "rep"
+    where = ["--tracking", uri, "--study", "real"] if tracked else ["--tracking", "none"]
+    assert main(["report", *where, "--results", str(root), "--out", str(rep)]) == 0
+    text = capsys.readouterr().out
+    assert "body_region knn @32px" in text and "body_region knn @48px" in text
+    assert "differ in input size" in text and "unknown" not in text
+    with open(rep / "report.csv") as f:
+        cells = list(csv.DictReader(f))
+    assert {c["data_digest"] for c in cells} == {Store(ct_store).digest()}
+    assert {c["input_size"] for c in cells} == {"32px", "48px"}
+    assert all(json.loads(c["protocol_config"])["k"] == "[5]" for c in cells)
 
 
 def test_row_labels_and_ambiguous_rows():
@@ -266,3 +542,9 @@ def test_row_labels_and_ambiguous_rows():
     assert table.baseline is None and any("no baseline" in n for n in table.notes)
     with pytest.raises(ReportError, match="no eval runs"):
         build_table([])
+
+
+def test_p_formatting_handles_nan():
+    from radengine.eval.report import _p
+
+    assert _p(math.nan) == "n/a" and _p(0.5) == "0.500" and _p(1e-5) == "1.0e-05"
