@@ -394,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_analysis_parsers(sub)  # report, analyze cka|domain|embed
 
+    from radengine.study.cli import add_parsers as add_study_parsers
+
+    add_study_parsers(sub)  # study run|status|list
+
     p = sub.add_parser(
         "ui",
         help="the MLflow UI on 127.0.0.1 for the tracking store",

@@ -37,7 +37,7 @@ TINY = [
 ]
 
 # Subcommands that take nothing from the user that could be wrong.
-NO_INPUT = {"info": "reads only the installation"}
+NO_INPUT = {"info": "reads only the installation", "study list": "lists the shipped studies"}
 
 
 @dataclass(frozen=True)
@@ -389,6 +389,45 @@ CASES: list[Case] = [
         "{missing}.pt",
     ),
     # ------------------------------------------------------------------ ui
+    _case("study run", "missing spec", "study run {missing}.yaml --dry-run", "{missing}.yaml"),
+    _case("study run", "bad YAML", "study run {bad_yaml} --dry-run", "{bad_yaml}"),
+    _case(
+        "study run",
+        "spec key typo",
+        "study run mini --dry-run evals.0.protocol=knn",
+        "evals[0].protocol",
+        "evals[0].protocols",
+    ),
+    _case(
+        "study run",
+        "store name typo",
+        "study run mini --dry-run stores.cct={store}",
+        "stores.cct",
+        "stores.ct",
+    ),
+    _case(
+        "study run",
+        "required store not given",
+        "study run study_a --tracking none",
+        "stores.ct=PATH",
+    ),
+    _case(
+        "study run",
+        "missing store",
+        "study run study_b --tracking none stores.medical={missing}",
+        "{missing}",
+    ),
+    _case(
+        "study run",
+        "foreign folder as store",
+        "study run study_b --tracking none stores.medical={foreign}",
+        "{foreign}",
+    ),
+    _case(
+        "study run", "out under a file", "study run mini --tracking none --out {file}/s", "{file}/s"
+    ),
+    _case("study status", "missing spec", "study status {missing}.yaml", "{missing}.yaml"),
+    _case("study status", "spec key typo", "study status mini evals.0.seed=1", "evals[0].seeds"),
     _case("ui", "port in use", "ui --port {busy_port}", "{busy_port}", "--port"),
     _case("ui", "port out of range", "ui --port 70000", "--port 70000"),
     _case("ui", "unknown host", "ui --host no-such-host.invalid", "--host no-such-host.invalid"),
