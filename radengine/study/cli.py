@@ -28,13 +28,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         raise UserError("--json goes with --dry-run (or use `radengine study status --json`)")
     study, out, tracking, refresh_status = _load(args, strict=not args.dry_run)
+    if args.launcher == "slurm" and args.jobs != 1:
+        from radengine.errors import UserError
+
+        raise UserError("--jobs is the local launcher's; with --launcher slurm, Slurm decides")
     if args.dry_run:
         refresh_status(study, out, tracking)
+        _slurm_overlay(study, out)
         if args.json:
             print(json.dumps([j.row() for j in study.jobs], indent=2))
         else:
             print(status_table(study))
         return 0
+    if args.launcher == "slurm":
+        return _submit(args, study, out, tracking)
     summary = run_study(study, out, tracking, jobs=args.jobs)
     todo = sum(j.status != "done" for j in study.jobs)
     lines = [
@@ -57,11 +64,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def _slurm_overlay(study, out: Path) -> None:
+    """Slurm's view of the jobs a ``--launcher slurm`` run submitted (none: nothing)."""
+    from radengine.study.slurm import refresh_slurm
+
+    refresh_slurm(study, out)
+
+
+def _submit(args: argparse.Namespace, study, out: Path, tracking) -> int:
+    from radengine.study.slurm import submit_study
+
+    summary = submit_study(study, out, tracking, overrides=list(args.overrides))
+    lines = [
+        "",
+        f"study {study.name}: {len(summary.submitted)} job(s) submitted to Slurm, "
+        f"{len(summary.skipped)} skipped (done, queued or running)"
+        + (f", {len(summary.cancelled)} blocked job(s) cancelled" if summary.cancelled else ""),
+        f"  folder      {out}",
+    ]
+    if summary.report_job:
+        lines.append(f"  report      slurm job {summary.report_job} (after every job)")
+    if summary.study_run_id:
+        lines.append(f"  MLflow      study run {summary.study_run_id} ({tracking.uri})")
+    lines.append(f"  follow it   radengine study status {args.spec} (same --out, --tracking)")
+    print("\n".join(lines))
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from radengine.study.run import status_table
 
     study, out, tracking, refresh_status = _load(args, strict=False)
     refresh_status(study, out, tracking)
+    _slurm_overlay(study, out)
     if args.json:
         print(json.dumps([j.row() for j in study.jobs], indent=2))
     else:
@@ -136,12 +171,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="jobs at a time (default 1), one GPU each where there are several",
     )
+    q.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: subprocesses here (default); slurm: submit the jobs with sbatch "
+        "(arrays, dependencies, requeue; the spec's slurm: block) and return",
+    )
     q.set_defaults(func=_cmd_run)
     q = actions.add_parser(
         "status",
-        help="done / running / failed / to do, per job",
-        description="Per job: "
-        "done (a finished run has its key), running, failed (the last attempt) or to do.",
+        help="done / running / failed / to do (queued / blocked in Slurm), per job",
+        description="Per job: done (a finished run has its key), running, failed (the last "
+        "attempt) or to do; jobs submitted with --launcher slurm: queued, running or "
+        "blocked (a failed dependency) from squeue, else what the job recorded.",
     )
     _common(q)
     q.add_argument("--json", action="store_true", help="the jobs as JSON")

@@ -45,6 +45,7 @@ JOB_LOCK = ".study-job.lock"
 EXIT_PREEMPTED = 3  # radengine.cli's: checkpointed, resumable
 
 STATUSES = ("done", "running", "failed", "to do")
+SLURM_STATUSES = ("queued", "blocked")  # --launcher slurm: waiting in Slurm, or never will
 
 
 def default_out(study: Study) -> Path:
@@ -171,7 +172,8 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 def refresh_status(study: Study, out: Path, tracking: StudyTracking) -> dict[str, list[Any]]:
     """Set every job's ``status`` (done / running / failed / to do), ``run_id`` and
-    ``detail`` from the tracking store and the job folders.
+    ``detail`` from the tracking store and the job folders (Slurm's view of submitted jobs
+    is :func:`radengine.study.slurm.refresh_slurm`'s).
 
     Returns:
         The study's runs by job key (as :meth:`StudyTracking.runs`).
@@ -213,9 +215,10 @@ def status_table(study: Study, *, show_jobs: bool = True) -> str:
         f"study {study.name}: {len(study.jobs)} jobs (experiment {study.experiment}, spec "
         f"{study.path}, digest {study.digest[:12]})"
     ]
+    shown = STATUSES + tuple(s for s in SLURM_STATUSES if any(j.status == s for j in study.jobs))
     for kind in ("pretrain", "eval"):
         jobs = [j for j in study.jobs if j.kind == kind]
-        counts = ", ".join(f"{s} {sum(j.status == s for j in jobs)}" for s in STATUSES)
+        counts = ", ".join(f"{s} {sum(j.status == s for j in jobs)}" for s in shown)
         lines.append(f"  {kind:<9}{len(jobs):5d}   {counts}")
     if not show_jobs:
         return "\n".join(lines)
@@ -328,10 +331,13 @@ def _init_source(job: Job, study: Study, out: Path, tracking: StudyTracking) -> 
     return str((out / dep.id).absolute())
 
 
-def _command(job: Job, study: Study, out: Path, tracking: StudyTracking) -> list[str]:
+def _write_config(job: Job, study: Study, out: Path, tracking: StudyTracking) -> Path:
+    """Write the job's resolved config (its folder, tracking and, for an evaluation, its
+    ``--init``) to ``<out>/<job id>/study-job.yaml``; return the file."""
     import yaml
 
     folder = (out / job.id).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(job.config)
     track = cfg["tracking"]
     track["enabled"], track["uri"], track["experiment"] = (
@@ -346,15 +352,44 @@ def _command(job: Job, study: Study, out: Path, tracking: StudyTracking) -> list
         cfg["init"]["source"] = _init_source(job, study, out, tracking)
     path = folder / JOB_CONFIG
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def job_argv(kind: str, protocol: str | None, config: Path, folder: Path) -> list[str]:
+    """The job's command line: ``python -m radengine.cli pretrain|eval ...``; a
+    pretraining whose folder holds a checkpoint continues it with ``--resume``.
+
+    Args:
+        kind: "pretrain" or "eval".
+        protocol: the evaluation's protocol (None for a pretraining).
+        config: the job's resolved config file.
+        folder: the job's folder.
+
+    Returns:
+        The argv list.
+    """
     argv = [sys.executable, "-m", "radengine.cli"]
-    if job.kind == "pretrain":
-        argv += ["pretrain", "--config", str(path)]
+    if kind == "pretrain":
+        argv += ["pretrain", "--config", str(config)]
         if _checkpoints(folder):
             argv += ["--resume", str(folder)]
     else:
-        assert job.protocol is not None
-        argv += ["eval", job.protocol, "--config", str(path)]
+        assert protocol is not None
+        argv += ["eval", protocol, "--config", str(config)]
     return argv
+
+
+def _command(job: Job, study: Study, out: Path, tracking: StudyTracking) -> list[str]:
+    path = _write_config(job, study, out, tracking)
+    return job_argv(job.kind, job.protocol, path, path.parent)
+
+
+def run_context(job: Job, study_run_id: str | None) -> str:
+    """The job's ``MLFLOW_RUN_CONTEXT`` (JSON): the tags of every run its process makes."""
+    tags = {"study_job_key": job.key, "study_job_id": job.id}
+    if study_run_id:
+        tags.update({"study_run_id": study_run_id, "mlflow.parentRunId": study_run_id})
+    return json.dumps(tags)
 
 
 def _env(
@@ -363,10 +398,7 @@ def _env(
     """The job's environment: its MLflow tags (``MLFLOW_RUN_CONTEXT``), its GPU and, for
     several CPU jobs at once, its share of the cores."""
     env = dict(os.environ)
-    tags = {"study_job_key": job.key, "study_job_id": job.id}
-    if study_run_id:
-        tags.update({"study_run_id": study_run_id, "mlflow.parentRunId": study_run_id})
-    env["MLFLOW_RUN_CONTEXT"] = json.dumps(tags)
+    env["MLFLOW_RUN_CONTEXT"] = run_context(job, study_run_id)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if threads is not None:

@@ -33,6 +33,7 @@ __all__ = [
     "EvalBlock",
     "InitSpec",
     "PretrainDefaults",
+    "SlurmSpec",
     "StoreSpec",
     "Study",
     "StudySpec",
@@ -106,6 +107,30 @@ class EvalBlock:
 
 
 @dataclass
+class SlurmSpec:
+    """Resources of every job ``study run --launcher slurm`` submits (sbatch options).
+
+    ``time`` and ``mem`` are sbatch's strings (quote a time in YAML: ``"12:00:00"``);
+    ``None`` leaves an option to the cluster's defaults. ``extra``: more sbatch options
+    (``--qos=high``), one per item; ``setup``: shell lines run before the job (``module
+    load cuda``). ``requeue`` with ``signal_seconds`` makes a job that runs into its time
+    limit or is preempted checkpoint (SIGTERM that many seconds before the end) and go
+    back to the queue, to resume from its checkpoint.
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None
+    cpus_per_task: int | None = None
+    gpus_per_job: int = 1
+    mem: str | None = None
+    extra: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    requeue: bool = True
+    signal_seconds: int = 120
+
+
+@dataclass
 class StudySpec:
     """A study: initialisations x evaluations, the baseline row and the metrics."""
 
@@ -122,6 +147,7 @@ class StudySpec:
     evals: list[EvalBlock] = field(default_factory=list)
     baseline: str | None = None  # an init name; default: scratch when there is one
     metrics: list[str] = field(default_factory=list)  # default: each task's primary metric
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)  # --launcher slurm's resources
 
 
 @dataclass
@@ -294,7 +320,10 @@ def load_study(
         raise ConfigError("config key 'evals' must hold at least one evaluation block")
     if s.input is not None:
         _check_input(s.input, "input")
-    payload = json.dumps(base_config.to_dict(s), sort_keys=True, default=str)
+    _check_slurm(s.slurm)
+    spec_dict = base_config.to_dict(s)
+    del spec_dict["slurm"]  # where the jobs run is not what the study is
+    payload = json.dumps(spec_dict, sort_keys=True, default=str)
     study = Study(
         spec=s,
         path=path.resolve(),
@@ -325,6 +354,24 @@ def load_study(
     if expand:
         study.jobs = _expand(study, Identities(strict=strict))
     return study
+
+
+def _check_slurm(slurm: SlurmSpec) -> None:
+    if slurm.cpus_per_task is not None and slurm.cpus_per_task < 1:
+        raise ConfigError("config key 'slurm.cpus_per_task' must be at least 1 (or null)")
+    if slurm.gpus_per_job < 0:
+        raise ConfigError("config key 'slurm.gpus_per_job' must be at least 0")
+    if slurm.signal_seconds < 0:
+        raise ConfigError("config key 'slurm.signal_seconds' must be at least 0")
+    for i, option in enumerate(slurm.extra):
+        if not option.startswith("-") or "\n" in option:
+            raise ConfigError(
+                f"config key 'slurm.extra[{i}]' must be one sbatch option such as "
+                f"'--qos=high', got {option!r}"
+            )
+    for i, line in enumerate(slurm.setup):
+        if "\n" in line:
+            raise ConfigError(f"config key 'slurm.setup[{i}]' must be one line, got {line!r}")
 
 
 def _check_new_stores(study: Study, declared: set[str]) -> None:
