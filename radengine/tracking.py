@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
+# MLflow 3 opens an experiment in its GenAI view (traces, latency, token usage) unless the
+# experiment says what it holds; radengine's hold training and evaluation runs.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 INSTALL_HINT = 'pip install "radengine[tracking]"  (or: pip install "mlflow>=3")'
 
 # Tags every run carries, so the MLflow UI can filter, group and compare runs (DESIGN.md).
@@ -426,7 +429,7 @@ class Tracker:
         exp = client.get_experiment_by_name(self.experiment)
         if exp is None:
             try:
-                return client.create_experiment(self.experiment)
+                return client.create_experiment(self.experiment, tags=dict(EXPERIMENT_TAGS))
             except MlflowException:  # created meanwhile by a concurrent job
                 exp = client.get_experiment_by_name(self.experiment)
                 if exp is None:
@@ -436,6 +439,9 @@ class Tracker:
                 f"MLflow experiment {self.experiment!r} is deleted on {self.uri}; restore it "
                 "(mlflow experiments restore) or choose another experiment name"
             )
+        for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tag existed
+            if key not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
     def _start_system_metrics(self, resume: bool) -> None:

@@ -534,3 +534,17 @@ def test_run_ui_serves_the_store(store):
             os.killpg(proc.pid, signal.SIGKILL)
             output = proc.communicate()[0].decode(errors="replace")
     assert status == 200, f"mlflow ui did not answer within 60 s:\n{output[-3000:]}"
+
+
+def test_experiments_open_on_training_runs(store):
+    """MLflow 3's UI opens an experiment without `mlflow.experimentKind` in its GenAI view;
+    every experiment radengine creates or writes into says it holds model development runs."""
+    client = _client(store)
+    Tracker(store, "fresh").start(run_name="a")
+    fresh = client.get_experiment_by_name("fresh")
+    assert fresh.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    old = client.create_experiment("made-before")  # as an older radengine left it
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    Tracker(store, "made-before").start(run_name="b")
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
