@@ -1,4 +1,4 @@
-"""nox sessions: `nox` (lint + tests), `nox -s bench`.
+"""nox sessions: `nox` (lint + tests), `nox -s bench`, `nox -s gpu` (the GPU check, offline).
 
 Sessions see the interpreter's site-packages so an installed torch (CPU or CUDA) is reused;
 where there is none, RADENGINE_TORCH (default torch==2.13.0, the CPU wheel) is installed
@@ -55,3 +55,28 @@ def bench(session: nox.Session) -> None:
     pipeline = ROOT / "benchmarks" / "bench_pipeline.py"
     for script in [s for s in scripts if s != pipeline] + [pipeline]:
         session.run("python", str(script), *session.posargs)
+
+
+@nox.session(venv_params=VENV)
+def gpu(session: nox.Session) -> None:
+    """The whole GPU check in one command, with no network (docs/gpu.md): build radengine in
+    place for this GPU's architecture only (pip --no-build-isolation --no-deps --no-index
+    into this venv, which sees the system's torch, triton, numpy and pybind11), then
+    `radengine selftest --device cuda`, the GPU benchmarks, `pytest tests/ops -k "cuda or
+    triton"` and the summary against the targets; about 8 minutes on one H100. Arguments
+    after `--` go to benchmarks/gpu_check.py, e.g. `nox -s gpu -- --device cuda:1`, or
+    `-- --device cpu` for the same steps at tiny sizes on a CPU."""
+    ready = session.run(
+        "python", "-c",
+        "import importlib.util as u; "
+        "print(all(u.find_spec(m) for m in ('torch', 'pybind11', 'setuptools')))",
+        silent=True,
+    ).strip().endswith("True")  # fmt: skip
+    if not ready:
+        session.error(
+            "nox -s gpu builds offline against the system's torch, pybind11 and setuptools, "
+            "which this session's venv does not see: install them for the interpreter nox "
+            "runs, or run `python benchmarks/gpu_check.py --build` from an environment that "
+            "has them"
+        )
+    session.run("python", str(ROOT / "benchmarks" / "gpu_check.py"), "--build", *session.posargs)

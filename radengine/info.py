@@ -146,4 +146,5 @@ def format_text(info: dict[str, Any]) -> str:
                 lines.append(f"    {mark} {backend:<10} {state}")
     lines.append("")
     lines.append(f"tracking URI  {info['tracking_uri']}")
+    lines.append("check the kernels here: radengine selftest --device cpu|cuda (docs/gpu.md)")
     return "\n".join(lines)
