@@ -7,6 +7,10 @@ process group, so that stopping ``radengine ui`` stops all of it:
   suggests a free one, instead of a server that dies in its log while the command exits 0.
 - SIGINT (Ctrl-C), SIGTERM and SIGHUP sent to ``radengine ui`` are forwarded to the server's
   process group; a server still running 10 s later is killed. Nothing is left listening.
+- A ``radengine ui`` that dies without a chance to forward anything (SIGKILL, the OOM
+  killer) takes the server with it too: on Linux the server's group is led by a small guard
+  (:func:`_guard`, ``python -m radengine.ui``) that the kernel signals when its parent dies
+  (``PR_SET_PDEATHSIG``) and that then stops the whole group.
 - The URL to open is printed once the server accepts connections.
 - The server's start-up chatter (INFO lines, the deprecation warnings its dependencies emit
   on import) is not shown; anything else it prints (errors, tracebacks) is, and when it
@@ -277,9 +281,10 @@ def serve(
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, forward) for s in handled}
+    guarded = [sys.executable, "-m", "radengine.ui", *argv] if _CAN_GUARD else list(argv)
     try:
         proc = subprocess.Popen(
-            list(argv),
+            guarded,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -360,3 +365,51 @@ def _stop_stragglers(pgid: int) -> None:
             return
         time.sleep(0.1)
     _signal_group(pgid, signal.SIGKILL)
+
+
+# Linux's prctl(PR_SET_PDEATHSIG, sig): the kernel sends sig to this process when the thread
+# that started it exits, however it exits.
+_PR_SET_PDEATHSIG = 1
+_CAN_GUARD = sys.platform.startswith("linux")
+
+
+def _guard(argv: Sequence[str]) -> int:
+    """Lead the server's process group and stop all of it when ``radengine ui`` goes away.
+
+    Runs as ``python -m radengine.ui SERVER_ARGV...`` in the group ``serve`` starts. It asks
+    the kernel for SIGTERM when its parent dies, so even a SIGKILLed ``radengine ui`` leaves
+    no server behind; on SIGTERM/SIGINT/SIGHUP (forwarded, or from the kernel) it sends
+    SIGTERM to the whole group, gives the server STOP_TIMEOUT_S, then SIGKILLs what is
+    left. Returns the server's exit code."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    parent = os.getppid()
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not stopping:
+            stopping.append(signum)
+            _signal_group(os.getpgrp(), signal.SIGTERM)  # this process ignores the echo
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    server = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL)
+    if parent == 1 or os.getppid() != parent:  # the parent died before prctl took effect
+        stop(signal.SIGTERM, None)
+    deadline: float | None = None
+    while True:
+        try:
+            return server.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if not stopping:
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + STOP_TIMEOUT_S
+            elif time.monotonic() > deadline:
+                _signal_group(os.getpgrp(), signal.SIGKILL)  # this process included
+
+
+if __name__ == "__main__":
+    sys.exit(_guard(sys.argv[1:]))
