@@ -19,9 +19,18 @@ import numpy as np
 from radengine.data import synthetic
 from radengine.data.store import ArraySpec, Store, StoreWriter
 
-CT_DEFAULTS = {"patients": 16, "slices": 32, "size": 128, "seed": 0}
+CT_DEFAULTS = {"patients": 576, "slices": 1, "size": 96, "seed": 0}
+"""The built-in CT store: many patients with one slice per body-region series, so that the
+test split (10% of the patients, 58 here: 348 slices from 348 different series) measures
+differences of a few points; about as many slices (3456) as pretraining went through before.
+See docs/builtin-data.md."""
 NATURAL_DEFAULTS = {"images": 3072, "classes": 10, "size": 96, "seed": 0}
+GENERATOR_VERSION = 2
+"""Bumped whenever the generators' output changes: part of the cache key and of store.json, so
+a changed generator never reuses a store that an older one built (1: before the cache key
+carried a version)."""
 _NATURAL_SHARD = 1024
+_CT_SHARD_PATIENTS = 16  # patients per shard: many small patients, few files
 
 
 def cache_dir() -> Path:
@@ -42,15 +51,19 @@ def write_synthetic_ct_store(
     progress: bool = False,
 ) -> Store:
     """Write the synthetic CT set (:func:`radengine.data.synthetic.iter_ct_series`) as a
-    store: one shard per patient, int16 HU images, uint8 organ masks, label = body region.
-    Resumable: a rerun after a kill writes only the missing patients."""
+    store: one series per body region per patient of ``slices`` slices, int16 HU images,
+    uint8 organ masks, label = body region, plus lesion, contrast phase and region variant
+    columns. Shard ``i`` holds patients ``16 i`` to ``16 i + 15``. Resumable: a rerun after a
+    kill writes only the missing shards."""
     meta = {
         "classes": list(synthetic.BODY_REGIONS),
         "label": "body_region",
         "mask_classes": list(synthetic.ORGANS),
+        "contrast_classes": list(synthetic.CONTRAST_PHASES),
         "synthetic": True,
         "source": {
             "generator": "radengine.data.synthetic (procedural; not real patients)",
+            "version": GENERATOR_VERSION,
             "patients": patients,
             "slices_per_series": slices,
             "size": size,
@@ -60,10 +73,12 @@ def write_synthetic_ct_store(
     arrays = {"image": ArraySpec("int16", (size, size)), "mask": ArraySpec("uint8", (size, size))}
     writer = StoreWriter(out, "ct", arrays, meta)
     done = writer.completed()
-    todo = [p for p in range(patients) if p not in done]
-    for p in _progress(todo, progress, "synthetic CT patients"):
+    shards = range((patients + _CT_SHARD_PATIENTS - 1) // _CT_SHARD_PATIENTS)
+    for shard in _progress([s for s in shards if s not in done], progress, "synthetic CT shards"):
+        lo = shard * _CT_SHARD_PATIENTS
         series = [
             synthetic.generate_ct_series(p, r, num_slices=slices, size=size, seed=seed)
+            for p in range(lo, min(patients, lo + _CT_SHARD_PATIENTS))
             for r in range(len(synthetic.BODY_REGIONS))
         ]
         n = sum(len(s) for s in series)
@@ -81,6 +96,8 @@ def write_synthetic_ct_store(
             "series": rep(lambda s: s.series, str),
             "region": rep(lambda s: s.region, np.int8),
             "lesion": cat("lesion", np.int8),
+            "contrast": rep(lambda s: synthetic.CONTRAST_PHASES.index(s.contrast), np.int8),
+            "variant": rep(lambda s: s.variant, str),
             "slice_position": cat("slice_position", np.float32),
             "pixel_spacing": np.repeat(rep(lambda s: s.pixel_spacing, np.float32)[:, None], 2, 1),
             "thickness": rep(lambda s: s.slice_spacing, np.float32),
@@ -88,7 +105,7 @@ def write_synthetic_ct_store(
             "manufacturer": np.full(n, "radengine-synthetic"),
         }
         writer.write_shard(
-            p, {"image": cat("images", np.int16), "mask": cat("masks", np.uint8)}, columns
+            shard, {"image": cat("images", np.int16), "mask": cat("masks", np.uint8)}, columns
         )
     return writer.finish()
 
@@ -110,6 +127,7 @@ def write_synthetic_natural_store(
         "synthetic": True,
         "source": {
             "generator": "radengine.data.synthetic_natural (procedural; NOT ImageNet)",
+            "version": GENERATOR_VERSION,
             "images": images,
             "classes": classes,
             "size": size,
@@ -127,13 +145,13 @@ def write_synthetic_natural_store(
     return writer.finish()
 
 
-def builtin_store(domain: str, *, progress: bool = True, **params: int) -> Store:
-    """The built-in synthetic store for ``domain`` ("ct" or "natural"), built on first use.
+def builtin_key(domain: str, **params: int) -> str:
+    """The built-in store's identity, e.g. ``synthetic-ct-v2-patients576-slices1-size96-seed0``:
+    the generator version and every parameter (defaults and ``params`` overrides). It names the
+    cache folder; use it wherever the built-in store must be told apart from another version.
 
-    Args:
-        domain: "ct" or "natural".
-        progress: show a progress bar while building.
-        **params: overrides of :data:`CT_DEFAULTS` / :data:`NATURAL_DEFAULTS`.
+    Raises:
+        ValueError: an unknown domain or parameter.
     """
     defaults = {"ct": CT_DEFAULTS, "natural": NATURAL_DEFAULTS}.get(domain)
     if defaults is None:
@@ -142,7 +160,22 @@ def builtin_store(domain: str, *, progress: bool = True, **params: int) -> Store
     if unknown:
         raise ValueError(f"unknown {domain} synthetic parameter(s) {sorted(unknown)}")
     p = {**defaults, **params}
-    name = f"synthetic-{domain}-" + "-".join(f"{k}{v}" for k, v in p.items())
+    return f"synthetic-{domain}-v{GENERATOR_VERSION}-" + "-".join(f"{k}{v}" for k, v in p.items())
+
+
+def builtin_store(domain: str, *, progress: bool = True, **params: int) -> Store:
+    """The built-in synthetic store for ``domain`` ("ct" or "natural"), built on first use.
+
+    Args:
+        domain: "ct" or "natural".
+        progress: show a progress bar while building.
+        **params: overrides of :data:`CT_DEFAULTS` / :data:`NATURAL_DEFAULTS`.
+
+    The cache folder is :func:`builtin_key`: the generator version and every parameter, so
+    changed defaults or a changed generator build a new store instead of reusing an old one.
+    """
+    name = builtin_key(domain, **params)
+    p = {**(CT_DEFAULTS if domain == "ct" else NATURAL_DEFAULTS), **params}
     path = cache_dir() / name
     with _locked(cache_dir() / f".{name}.lock"):
         if (path / "store.json").exists():

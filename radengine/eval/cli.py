@@ -160,7 +160,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         )
         q.add_argument(
             "--task",
-            help="body_region | class | organs | lesion | segmentation (default: body_region "
+            help="body_region | class | organs | lesion | contrast | segmentation (default: body_region "
             "on CT, class on images, segmentation for `segment`)",
         )
         q.add_argument(

@@ -10,6 +10,9 @@ task            kind           targets, and what the store needs
                                the background) that occur in its ``mask`` array;
                                per-label and mean AUC
 ``lesion``      binary         the ``lesion`` column of a CT store (-1 unknown: left out)
+``contrast``    multi-class    the series' contrast phase (none, arterial, venous) from the
+                               ``contrast`` column (the built-in synthetic CT store's;
+                               names from ``contrast_classes`` in store.json; -1 unknown)
 ``segmentation`` per pixel     the ``mask`` array (classes named by ``mask_classes`` in
                                store.json); Dice per class, background excluded
 =============== ============== ======================================================
@@ -79,6 +82,12 @@ TASKS: dict[str, TaskSpec] = {
         "binary",
         "lesion present in the slice, from the store's lesion column (AUC)",
         "a CT store with a lesion column holding 0/1 (-1 unknown)",
+    ),
+    "contrast": TaskSpec(
+        "contrast",
+        "multiclass",
+        "CT contrast phase of the slice's series, from the store's contrast column",
+        "a CT store with a contrast column (the built-in synthetic CT store has one)",
     ),
     "segmentation": TaskSpec(
         "segmentation",
@@ -247,12 +256,20 @@ def build_task(
         )
     if kind == "binary" and ("lesion" not in index or not (index["lesion"] >= 0).any()):
         raise EvalError(f"task {name} needs {spec.needs}; {store.path} has no lesion labels")
-    if kind == "multiclass" and not (index["label"] >= 0).any():
-        raise EvalError(f"task {name} needs {spec.needs}; every label in {store.path} is -1")
+    column = "contrast" if name == "contrast" else "label"
+    if kind == "multiclass" and column not in index:
+        raise EvalError(f"task {name} needs {spec.needs}; {store.path} has no {column} column")
+    if kind == "multiclass" and not (index[column] >= 0).any():
+        raise EvalError(f"task {name} needs {spec.needs}; every {column} in {store.path} is -1")
 
     if kind == "multiclass":
-        names = store.classes or [str(i) for i in range(int(index["label"].max()) + 1)]
-        known = index["label"] >= 0
+        if column == "label":
+            names = store.classes or [str(i) for i in range(int(index["label"].max()) + 1)]
+        else:
+            names = store.meta.get(f"{column}_classes") or [
+                str(i) for i in range(int(index[column].max()) + 1)
+            ]
+        known = index[column] >= 0
     elif kind == "binary":
         names = ["lesion"]
         known = index["lesion"] >= 0
@@ -284,10 +301,10 @@ def build_task(
     targets: dict[str, np.ndarray] = {}
     if kind == "multiclass":
         for split, rows in splits.items():
-            targets[split] = index["label"][rows].astype(np.int64)
-        if int(index["label"].max()) >= len(names):
+            targets[split] = index[column][rows].astype(np.int64)
+        if int(index[column].max()) >= len(names):
             raise EvalError(
-                f"{store.path}: label {int(index['label'].max())} but only {len(names)} "
+                f"{store.path}: {column} {int(index[column].max())} but only {len(names)} "
                 "class names in store.json"
             )
     elif kind == "binary":

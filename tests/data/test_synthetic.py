@@ -210,6 +210,18 @@ def test_natural_shapes_classes_and_pixels():
     assert np.abs(means[:, None] - means[None]).mean() > 1.0
 
 
+def test_natural_backgrounds_are_cluttered_scenes():
+    """Dead-leaves backgrounds: every image holds many occluding surfaces of varied colour,
+    not a smooth two-colour gradient (which gave ~20-45 coarse colours per image)."""
+    data = synthetic_natural(40, num_classes=10, size=48, seed=1)
+    coarse = (data.images // 32).reshape(40, -1, 3)
+    counts = np.array([len(np.unique(img, axis=0)) for img in coarse])
+    assert counts.min() >= 48, counts
+    # muted scene colours: the background is far less saturated than the objects' colours
+    sat = data.images.max(-1).astype(np.float32) - data.images.min(-1)
+    assert np.median(sat) < 60
+
+
 def test_natural_determinism():
     a = synthetic_natural(20, num_classes=5, size=32, seed=3)
     b = synthetic_natural(20, num_classes=5, size=32, seed=3)
@@ -242,3 +254,40 @@ BAD_ARGUMENTS = {
 def test_bad_arguments_raise_value_error_naming_the_argument(call, argument):
     with pytest.raises(ValueError, match=argument):
         call()
+
+
+# ------------------------------------------------------------------------------------------
+# The package: its import surface, contrast phases, one-slice series
+# ------------------------------------------------------------------------------------------
+def test_package_exports_every_name_the_repo_imports():
+    import radengine.data as data
+    from radengine.data import synthetic
+    from radengine.data.synthetic import anatomy, common, ct, labels, natural
+
+    for name in synthetic.__all__:
+        assert hasattr(synthetic, name), name
+        assert getattr(data, name, getattr(synthetic, name)) is getattr(synthetic, name)
+    # used by the CLI (size bounds) and by dicom/ingest (BODY_REGIONS)
+    assert (synthetic._MIN_SIZE, synthetic._MAX_SIZE) == (common._MIN_SIZE, common._MAX_SIZE)
+    assert synthetic.BODY_REGIONS is labels.BODY_REGIONS
+    assert synthetic.generate_ct_series is ct.generate_ct_series
+    assert synthetic.synthetic_natural is natural.synthetic_natural
+    assert issubclass(anatomy._Thorax, anatomy._Anatomy)
+
+
+def test_contrast_phase_is_one_of_the_phases_and_plain_dominates_head_scans():
+    phases = {
+        r: [generate_ct_series(p, r, num_slices=1, size=32).contrast for p in range(40)]
+        for r in ("head_neck", "abdomen")
+    }
+    from radengine.data.synthetic import CONTRAST_PHASES
+
+    assert all(c in CONTRAST_PHASES for v in phases.values() for c in v)
+    assert phases["head_neck"].count("none") > phases["abdomen"].count("none")
+
+
+def test_one_slice_series_are_valid_and_vary_in_position():
+    series = [generate_ct_series(p, "abdomen", num_slices=1, size=48) for p in range(6)]
+    for s in series:
+        assert len(s) == 1 and s.images.shape == (1, 48, 48) and s.slice_spacing > 0
+    assert len({float(s.slice_position[0]) for s in series}) == 6

@@ -75,6 +75,11 @@ def test_multilabel_organs_and_binary_lesion_targets(ct_store):
     np.testing.assert_array_equal(
         lesion.targets["train"][:, 0], store.index["lesion"][lesion.splits["train"]] > 0
     )
+    contrast = build_task(store, "contrast", "linear")
+    assert contrast.names == ["none", "arterial", "venous"] and contrast.spec.kind == "multiclass"
+    np.testing.assert_array_equal(
+        contrast.targets["test"], store.index["contrast"][contrast.splits["test"]]
+    )
     seg = build_task(store, "segmentation", "segment")
     assert seg.names == store.meta["mask_classes"] and seg.spec.primary_metric == "dice_mean"
 
@@ -100,5 +105,7 @@ def test_bad_tasks_and_stores_say_what_is_wrong(ct_store, small_ct_store, tmp_pa
         build_task(images, "body_region", "linear")
     with pytest.raises(EvalError, match="no lesion labels"):
         build_task(images, "lesion", "linear")
+    with pytest.raises(EvalError, match=r"task contrast needs .* no contrast column"):
+        build_task(images, "contrast", "linear")
     task = build_task(images, "class", "knn")
     assert task.num_outputs == 4 and task.spec.kind == "multiclass"
