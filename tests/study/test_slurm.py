@@ -65,15 +65,6 @@ def slurm(tmp_path_factory):
         yield conf
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RADENGINE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def _capture(args: list[str]) -> str:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
