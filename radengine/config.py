@@ -211,6 +211,7 @@ class TrackingConfig:
     log_checkpoints: bool = True
     log_model: bool = True
     system_metrics: bool = True
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags of the run
 
 
 @dataclass

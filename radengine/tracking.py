@@ -133,6 +133,10 @@ def require_mlflow() -> ModuleType:
             f"MLflow tracking needs mlflow, which is not installed: {INSTALL_HINT}; "
             "or run without tracking (--tracking none)."
         ) from e
+    # Creating a new SQLite store logs its schema migration at INFO ("Creating initial
+    # MLflow database tables...", alembic's steps) to stderr: noise in every first run.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return mlflow
 
 

@@ -902,6 +902,7 @@ class _Trainer:
         cfg = self.cfg
         fractions = ",".join(str(s.fraction) for st in self.stages for s in st.sources)
         tags = {
+            **cfg.tracking.tags,
             "study": cfg.study,
             "stage": "pretrain",
             "domain": "+".join(dict.fromkeys(s.domain for st in self.stages for s in st.sources)),

@@ -196,6 +196,7 @@ class EvalTrackingConfig:
     experiment: str = "radengine-eval"
     run_name: str | None = None  # None: <protocol>-<task>-<init>-s<seed>
     system_metrics: bool = False
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags of every run (and results.json)
 
 
 @dataclass

@@ -137,14 +137,42 @@ def _read_config(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _source_label(src: Mapping[str, Any]) -> str:
+    """``ct``, or ``ct 10%`` for a fraction of the store."""
+    domain = str(src.get("domain") or "ct")
+    try:
+        fraction = float(src.get("fraction", 1.0))
+    except (TypeError, ValueError):
+        fraction = 1.0
+    return domain if fraction == 1.0 else f"{domain} {fraction * 100:g}%"
+
+
+def pretrain_data_label(cfg: Mapping[str, Any], *, fractions: bool = True) -> str:
+    """What a pretraining config trained on, for people: ``ct``, ``ct 10%``, ``natural -> ct``
+    (sequential ``stages``), ``ct + natural`` (``data.mix``); ``fractions=False`` leaves the
+    fractions out."""
+    label = _source_label if fractions else (lambda src: str(src.get("domain") or "ct"))
+    stages = cfg.get("stages") or []
+    if stages:
+        return " -> ".join(label(st or {}) for st in stages)
+    data = cfg.get("data") or {}
+    return " + ".join(label(s or {}) for s in [data, *(data.get("mix") or [])])
+
+
 def _pretrain_tags(cfg: Mapping[str, Any] | None) -> dict[str, str]:
+    """The pretraining's tags an evaluation carries: ``method``, ``pretrain_domain`` (the
+    single-source domain, ``natural -> ct`` for stages, ``ct + natural`` for a mix),
+    ``pretrain_data`` (the same with fractions, what the report's row labels show) and
+    ``data_fraction`` (single-source runs)."""
     if not cfg:
         return {}
     data = cfg.get("data") or {}
+    simple = not (cfg.get("stages") or data.get("mix"))
     tags = {
         "method": cfg.get("method"),
-        "pretrain_domain": data.get("domain"),
-        "data_fraction": data.get("fraction"),
+        "pretrain_domain": pretrain_data_label(cfg, fractions=False),
+        "pretrain_data": pretrain_data_label(cfg),
+        "data_fraction": data.get("fraction") if simple else None,
         "pretrain_study": cfg.get("study"),
     }
     return {k: str(v) for k, v in tags.items() if v is not None}

@@ -23,15 +23,15 @@ Where the runs come from:
   equals it, or that live in an experiment of that name. The key comes from the run's tags
   and params (radengine.eval.run logs the resolved config and ``data.digest``).
 - ``--tracking none``: the ``results.json`` + ``config.yaml`` folders that ``radengine eval``
-  writes (``runs/eval/*``); there are no pretraining tags there, so rows are named by the
-  ``--init`` value, and the key comes from ``config.yaml`` and ``results.json``'s
-  ``data_digest``.
+  writes (``runs/eval/*``); ``results.json`` holds the run's tags (the pretraining's
+  included) and ``data_digest``, ``config.yaml`` the rest of the key.
 
-Row labels come from the tags: ``scratch``; ``<method> <pretrain_domain> [<fraction>%]`` for
-a pretraining run (``simclr ct 10%``); ``<file or model> [<layout>]`` for imported weights;
-else the init itself. Two pretraining runs that would get the same label are told apart by
-their run id (first 8 characters). When one (row, column, seed) has several runs, the
-newest counts.
+Row labels come from the tags: the study's init name (``study_init``, set by ``radengine
+study``: the name the spec gives it); else ``scratch``; ``<method> <pretrain data>`` for a
+pretraining run (``simclr ct``, ``simclr ct 10%``, ``simclr natural -> ct``, ``simclr ct +
+natural``); ``<file or model> [<layout>]`` for imported weights; else the init itself. Two
+pretraining runs that would get the same label are told apart by their run id (first 8
+characters). When one (row, column, seed) has several runs, the newest counts.
 
 Values are shown in percent when every value of the table lies in [0, 1] (deltas then in
 percentage points); the CSV keeps the raw values.
@@ -531,6 +531,9 @@ def collect_results(root: str | Path, *, study: str | None = None) -> list[EvalR
             tags["pretrain_run_id"] = str(res["pretrain_run_id"])
         if tags["init"] == "scratch":
             tags["init_kind"] = "scratch"
+        saved = res.get("tags")
+        if isinstance(saved, dict):  # the run's own tags (the pretraining's included)
+            tags.update({str(k): str(v) for k, v in saved.items() if v is not None})
         params = flatten({k: v for k, v in cfg.items() if k in ("data", "input", *PROTOCOLS)})
         if res.get("data_digest"):
             params["data.digest"] = str(res["data_digest"])
@@ -555,6 +558,8 @@ def collect_results(root: str | Path, *, study: str | None = None) -> list[EvalR
 
 def row_label(tags: dict[str, str]) -> str:
     """A readable name for the initialisation an eval run used (see the module docstring)."""
+    if tags.get("study_init"):
+        return tags["study_init"]
     init = tags.get("init", "")
     method = tags.get("method", "")
     if tags.get("init_kind") == "scratch" or init == "scratch":
@@ -565,7 +570,10 @@ def row_label(tags: dict[str, str]) -> str:
         for ext in (".tar", ".pth", ".pt", ".ckpt", ".bin"):
             name = name.removesuffix(ext)
         return f"{name} [{method.removeprefix('import:')}]"
-    domain = tags.get("pretrain_domain")
+    data = tags.get("pretrain_data")
+    if method and method != "none" and data:
+        return f"{method} {data}"
+    domain = tags.get("pretrain_domain")  # runs logged before pretrain_data existed
     if method and method != "none" and domain:
         label = f"{method} {domain}"
         fraction = _float(tags.get("data_fraction"), 1.0)

@@ -508,6 +508,7 @@ def evaluate(cfg: EvalConfig, *, echo: Callable[[str], None] | None = None) -> E
     frozen = cfg.protocol in ("knn", "linear")
     built: tuple[nn.Module, Any, str] | None = None
     results: list[SeedResult] = []
+    run_tags: dict[str, Any] = {}
     primary = ""
     for seed in cfg.seeds:
         t0 = time.perf_counter()
@@ -532,6 +533,7 @@ def evaluate(cfg: EvalConfig, *, echo: Callable[[str], None] | None = None) -> E
         run_name = cfg.tracking.run_name or f"{cfg.protocol}-{task_name}-{init.label}"
         eval_domain = "ct" if store.kind == "ct" else "natural"
         tags = {
+            **cfg.tracking.tags,
             "study": cfg.study,
             "stage": "eval",
             "protocol": cfg.protocol,
@@ -550,6 +552,7 @@ def evaluate(cfg: EvalConfig, *, echo: Callable[[str], None] | None = None) -> E
         if init.kind == "file" and report is not None:  # the layout detected, not "auto"
             tags["method"] = f"import:{report.format}"
         tags.setdefault("method", "none")
+        run_tags = {k: v for k, v in tags.items() if k not in ("seed", "out")}
         resolved = {
             "arch": arch,
             "in_chans": in_chans,
@@ -636,6 +639,7 @@ def evaluate(cfg: EvalConfig, *, echo: Callable[[str], None] | None = None) -> E
         "pretrain_run_id": init.pretrain_run_id,
         "primary_metric": f"test/{primary}",
         "data_digest": features.store_digest,  # the eval store's content (radengine report)
+        "tags": {k: str(v) for k, v in run_tags.items() if v is not None},
         "seeds": [dataclasses.asdict(s) for s in results],
     }
     atomic_write_bytes(out / "results.json", (json.dumps(summary, indent=2) + "\n").encode())

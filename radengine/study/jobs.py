@@ -64,6 +64,7 @@ class Job:
     status: str = "to do"
     run_id: str | None = None
     detail: str = ""  # a note for the status table (e.g. "resumes from step 8")
+    seconds: float | None = None  # a done job's wall time (its last attempt), from its record
 
     def row(self) -> dict[str, Any]:
         """The job as a JSON-ready dict (``study run --dry-run --json``)."""
@@ -82,6 +83,7 @@ class Job:
             "depends_on": self.depends_on,
             "run_id": self.run_id,
             "detail": self.detail,
+            "seconds": self.seconds,
         }
 
 

@@ -182,7 +182,7 @@ def refresh_status(study: Study, out: Path, tracking: StudyTracking) -> dict[str
     for job in study.jobs:
         folder = out / job.id
         record = _read_record(folder)
-        job.run_id, job.detail = None, ""
+        job.run_id, job.detail, job.seconds = None, "", None
         finished = [r for r in runs.get(job.key, []) if r.info.status == "FINISHED"]
         if tracking.enabled and finished:
             job.status, job.run_id = "done", finished[0].info.run_id
@@ -201,6 +201,9 @@ def refresh_status(study: Study, out: Path, tracking: StudyTracking) -> dict[str
             job.detail = f"exit {record.get('returncode')}; log {folder / JOB_LOG}"
         else:
             job.status = "to do"
+        if job.status == "done" and record.get("key") == job.key:
+            seconds = record.get("seconds")
+            job.seconds = float(seconds) if isinstance(seconds, (int, float)) else None
         if job.status in ("to do", "failed") and job.kind == "pretrain":
             ckpts = _checkpoints(folder)
             if ckpts:
@@ -220,6 +223,9 @@ def status_table(study: Study, *, show_jobs: bool = True) -> str:
         jobs = [j for j in study.jobs if j.kind == kind]
         counts = ", ".join(f"{s} {sum(j.status == s for j in jobs)}" for s in shown)
         lines.append(f"  {kind:<9}{len(jobs):5d}   {counts}")
+    estimate = estimate_remaining(study)
+    if estimate:
+        lines.append(f"  {estimate}")
     if not show_jobs:
         return "\n".join(lines)
     width = max((len(j.id) for j in study.jobs), default=2)
@@ -232,6 +238,41 @@ def status_table(study: Study, *, show_jobs: bool = True) -> str:
             + j.detail
         )
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def estimate_remaining(study: Study) -> str | None:
+    """The time the jobs not done yet would take one at a time, estimated from the done
+    jobs like them (same kind, protocol and label fraction, else same kind and protocol);
+    None when no job is done yet or nothing is left. Jobs with nothing like them done are
+    counted, not guessed."""
+    done = [j for j in study.jobs if j.status == "done" and j.seconds is not None]
+    left = [j for j in study.jobs if j.status in ("to do", "failed")]
+    if not done or not left:
+        return None
+    fine: dict[tuple, list[float]] = {}
+    coarse: dict[tuple, list[float]] = {}
+    for j in done:
+        fine.setdefault((j.kind, j.protocol, j.label_fraction), []).append(j.seconds or 0.0)
+        coarse.setdefault((j.kind, j.protocol), []).append(j.seconds or 0.0)
+    total, unknown = 0.0, 0
+    for j in left:
+        times = fine.get((j.kind, j.protocol, j.label_fraction)) or coarse.get((j.kind, j.protocol))
+        if times:
+            total += sum(times) / len(times)
+        else:
+            unknown += 1
+    text = (
+        f"estimate: ~{_duration(total)} for {len(left) - unknown} of the {len(left)} jobs "
+        "left, one at a time (the mean time of the done jobs like each)"
+    )
+    if unknown:
+        text += f"; {unknown} {'has' if unknown == 1 else 'have'} no done job like it to go by"
+    return text
 
 
 # ----------------------------------------------------------------------------- running
@@ -345,6 +386,8 @@ def _write_config(job: Job, study: Study, out: Path, tracking: StudyTracking) ->
         tracking.uri,
         study.experiment,
     )
+    # The spec's name for the init: the report's row label, with or without MLflow.
+    track["tags"] = {**(track.get("tags") or {}), "study_init": job.init}
     if job.kind == "pretrain":
         cfg["train"]["out"], cfg["train"]["progress"] = str(folder), False
     else:
@@ -653,21 +696,12 @@ def _tail(path: Path) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def _baseline(study: Study, out: Path, tracking: StudyTracking) -> str | None:
-    """The report's ``baseline`` for the spec's init name: how the report names that row
-    (``scratch``, a pretraining run id or folder, a weights file, a model URI)."""
-    name = study.spec.baseline
-    if name is None:
-        scratch = [n for n, i in study.inits.items() if i == "scratch"]
-        return "scratch" if scratch else None
-    spec_name = next(n for n, vs in study.init_names.items() if name in vs)
-    init = study.inits[spec_name]
-    if init == "scratch":
-        return "scratch"
-    job = next((j for j in study.jobs if j.kind == "eval" and j.init == name), None)
-    if job is None:
-        return None
-    return _init_source(job, study, out, tracking)
+def _baseline(study: Study) -> str | None:
+    """The report's ``baseline``: the spec's ``baseline`` (rows are named by the spec's init
+    names, the ``study_init`` tag), else the scratch init when there is one."""
+    if study.spec.baseline is not None:
+        return study.spec.baseline
+    return next((n for n, i in study.inits.items() if i == "scratch"), None)
 
 
 def _report(
@@ -693,7 +727,7 @@ def _report(
             tracking_enabled=tracking.enabled,
             study=study.name,
             experiments=[study.experiment] if tracking.enabled else None,
-            baseline=_baseline(study, out, tracking),
+            baseline=_baseline(study),
             metrics=study.spec.metrics or None,
             out=out / "report",
             results_dir=out,

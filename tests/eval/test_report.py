@@ -544,7 +544,60 @@ def test_row_labels_and_ambiguous_rows():
         build_table([])
 
 
+@pytest.mark.parametrize(
+    "cfg, label",
+    [
+        ({"method": "simclr", "data": {"domain": "ct"}}, "simclr ct"),
+        ({"method": "simclr", "data": {"domain": "ct", "fraction": 0.1}}, "simclr ct 10%"),
+        (
+            {"method": "simclr", "data": {"domain": "ct"},
+             "stages": [{"domain": "natural", "epochs": 3}, {"domain": "ct", "epochs": 3}]},
+            "simclr natural -> ct",
+        ),
+        (
+            {"method": "simclr", "data": {"domain": "ct"},
+             "stages": [{"domain": "natural", "fraction": 0.5}, {"domain": "ct"}]},
+            "simclr natural 50% -> ct",
+        ),
+        (
+            {"method": "simclr", "data": {"domain": "ct", "mix": [{"domain": "natural"}]}},
+            "simclr ct + natural",
+        ),
+    ],
+)  # fmt: skip
+def test_row_label_names_what_the_pretraining_saw(cfg, label):
+    """Sequential and mixed pretrainings get their own names (a natural -> CT run was once
+    labelled ``simclr ct``, next to the plain CT run)."""
+    from radengine.eval.init import _pretrain_tags
+
+    assert row_label({"init": "r1", **_pretrain_tags(cfg)}) == label
+    # a study names its rows by the spec's init names
+    assert row_label({"init": "r1", "study_init": "natural_then_ct", **_pretrain_tags(cfg)}) == (
+        "natural_then_ct"
+    )
+
+
 def test_p_formatting_handles_nan():
     from radengine.eval.report import _p
 
     assert _p(math.nan) == "n/a" and _p(0.5) == "0.500" and _p(1e-5) == "1.0e-05"
+
+
+def test_results_folders_keep_the_pretraining_tags(tmp_path):
+    """With --tracking none the rows are named as with MLflow (``simclr natural -> ct``),
+    from the tags results.json keeps, not by the --init folder path."""
+    from radengine.eval.report import collect_results
+
+    for name, init, tags in [
+        ("a", "scratch", {"init_kind": "scratch"}),
+        ("b", "/runs/pretrain/seq-1", {"method": "simclr", "pretrain_data": "natural -> ct"}),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.yaml").write_text("study: s\ndata: {label_fraction: 1.0}\n")
+        res = {"protocol": "linear", "task": "organs", "init": init,
+               "primary_metric": "test/auc_mean", "tags": {"init": init, **tags},
+               "seeds": [{"seed": 0, "test": {"auc_mean": 0.9}}]}  # fmt: skip
+        (folder / "results.json").write_text(json.dumps(res))
+    labels = sorted(row_label(r.tags) for r in collect_results(tmp_path))
+    assert labels == ["scratch", "simclr natural -> ct"]

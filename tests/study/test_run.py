@@ -4,6 +4,7 @@ one FINISHED MLflow run per job; and the same without tracking, two jobs at a ti
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -122,6 +123,9 @@ def test_kill_the_group_and_rerun(store, env):
     assert {r.data.tags["init"] for r in evals} == {"scratch", pre.info.run_id}
     artifacts = [a.path for a in client.list_artifacts(study_run.info.run_id, "report")]
     assert "report/report.txt" in artifacts
+    assert {r.data.tags["study_init"] for r in evals} == {"scratch", "simclr"}
+    with open(out / "report" / "report.csv") as f:  # rows named as the spec names the inits
+        assert {c["row"] for c in csv.DictReader(f)} == {"scratch", "simclr"}
     # nothing left to do: a rerun runs nothing
     assert main([*argv[3:]]) == 0
     assert len(client.search_runs([exp.experiment_id], "tags.study_job_key != ''")) == len(job_runs)
@@ -147,6 +151,8 @@ def test_without_tracking_two_at_a_time(store, env, capsys):
     assert len(records) == 3 and all(r["status"] == "done" for r in records)
     assert (out / "report" / "report.txt").is_file()
     assert len(list(out.glob("*/results.json"))) == 2
+    with open(out / "report" / "report.csv") as f:  # not the pretraining's folder path
+        assert {c["row"] for c in csv.DictReader(f)} == {"scratch", "simclr"}
     capsys.readouterr()
     assert main(args) == 0
     assert "3 done, 0 to run" in capsys.readouterr().out

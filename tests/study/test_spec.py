@@ -4,6 +4,7 @@ the closest key, and content keys change with what decides a job's result only."
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def spec(tmp_path) -> Path:
 
 @pytest.mark.parametrize(
     "name, pretrains, evals",
-    [("mini", 3, 128), ("study_a", 9, 240), ("study_b", 0, 220)],
+    [("mini", 3, 160), ("study_a", 9, 240), ("study_b", 0, 220)],
 )
 def test_shipped_studies_expand_without_data(name, pretrains, evals, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no mlflow.db here: every job is to do
@@ -262,3 +263,25 @@ def test_one_gpu_per_job_and_the_run_tags(spec, monkeypatch):
         "study_run_id": "parent-id",
         "mlflow.parentRunId": "parent-id",
     }
+
+
+def test_estimate_of_the_jobs_left_comes_from_done_jobs_like_them():
+    from radengine.study.jobs import Job
+    from radengine.study.run import estimate_remaining
+
+    def job(kind, protocol, fraction, status, seconds=None):
+        return Job(id="j", kind=kind, init="i", init_kind="scratch", key="k", config={},
+                   protocol=protocol, label_fraction=fraction, status=status,
+                   seconds=seconds)  # fmt: skip
+
+    S = types.SimpleNamespace(jobs=[job("eval", "finetune", 1.0, "to do")])
+    assert estimate_remaining(S) is None  # nothing done: no estimate
+    S.jobs = [
+        job("eval", "finetune", 1.0, "done", 600.0),
+        job("eval", "finetune", 0.1, "done", 60.0),
+        job("eval", "finetune", 1.0, "to do"),  # like the first: 600 s
+        job("eval", "finetune", 0.01, "failed"),  # no 1% done: finetune's mean, 330 s
+        job("pretrain", None, None, "to do"),  # nothing like it done
+    ]
+    text = estimate_remaining(S)
+    assert "~16 min for 2 of the 3 jobs left" in text and "1 has no done job" in text
