@@ -231,7 +231,9 @@ def _build_stages(cfg: PretrainConfig, dist_info: distributed.DistInfo) -> list[
         rows = _shares(per_rank, [s.weight for s in srcs])
         sources, loaders = [], []
         for k, (src, n) in enumerate(zip(srcs, rows, strict=True)):
-            store = open_store(src.domain, src.store, progress=dist_info.main)
+            store = open_store(
+                src.domain, src.store, progress=dist_info.main and cfg.train.progress
+            )
             try:
                 idx = store.select(
                     None if d.split == "all" else d.split, fraction=src.fraction, seed=d.split_seed

@@ -65,6 +65,7 @@ class Job:
     run_id: str | None = None
     detail: str = ""  # a note for the status table (e.g. "resumes from step 8")
     seconds: float | None = None  # a done job's wall time (its last attempt), from its record
+    gpus: int = 1  # a pretraining's processes, one per GPU (torchrun when > 1)
 
     def row(self) -> dict[str, Any]:
         """The job as a JSON-ready dict (``study run --dry-run --json``)."""
@@ -84,6 +85,7 @@ class Job:
             "run_id": self.run_id,
             "detail": self.detail,
             "seconds": self.seconds,
+            "gpus": self.gpus if self.kind == "pretrain" else None,
         }
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from radengine.config import ConfigError
 from radengine.errors import UserError
 from radengine.study.jobs import Job
 from radengine.study.spec import Study
@@ -303,7 +304,7 @@ class _Running:
     job: Job
     proc: subprocess.Popen
     lock: int
-    gpu: str | None
+    gpus: list[str]  # its CUDA_VISIBLE_DEVICES (empty on a CPU machine)
     log: Any
     started: float
 
@@ -398,20 +399,28 @@ def _write_config(job: Job, study: Study, out: Path, tracking: StudyTracking) ->
     return path
 
 
-def job_argv(kind: str, protocol: str | None, config: Path, folder: Path) -> list[str]:
+def job_argv(
+    kind: str, protocol: str | None, config: Path, folder: Path, *, gpus: int = 1
+) -> list[str]:
     """The job's command line: ``python -m radengine.cli pretrain|eval ...``; a
-    pretraining whose folder holds a checkpoint continues it with ``--resume``.
+    pretraining whose folder holds a checkpoint continues it with ``--resume``; one on
+    ``gpus`` > 1 runs under torchrun (``python -m torch.distributed.run --standalone``), one
+    process per GPU (gloo processes on a machine without GPUs).
 
     Args:
         kind: "pretrain" or "eval".
         protocol: the evaluation's protocol (None for a pretraining).
         config: the job's resolved config file.
         folder: the job's folder.
+        gpus: a pretraining's processes.
 
     Returns:
         The argv list.
     """
     argv = [sys.executable, "-m", "radengine.cli"]
+    if kind == "pretrain" and gpus > 1:
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={gpus}", "-m", "radengine.cli"]  # fmt: skip
     if kind == "pretrain":
         argv += ["pretrain", "--config", str(config)]
         if _checkpoints(folder):
@@ -424,7 +433,7 @@ def job_argv(kind: str, protocol: str | None, config: Path, folder: Path) -> lis
 
 def _command(job: Job, study: Study, out: Path, tracking: StudyTracking) -> list[str]:
     path = _write_config(job, study, out, tracking)
-    return job_argv(job.kind, job.protocol, path, path.parent)
+    return job_argv(job.kind, job.protocol, path, path.parent, gpus=job.gpus)
 
 
 def run_context(job: Job, study_run_id: str | None) -> str:
@@ -491,6 +500,14 @@ def run_study(
     Returns:
         The summary (its ``exit_code``: 0 all done, 1 a job failed, 130 interrupted).
     """
+    gpus = _gpus()
+    wide = [j for j in study.jobs if j.kind == "pretrain" and gpus and j.gpus > len(gpus)]
+    if wide:
+        raise ConfigError(
+            f"config key 'pretrain.gpus' (or the init's 'gpus'): {wide[0].id} asks for "
+            f"{wide[0].gpus} GPUs and this machine has {len(gpus)} (CUDA_VISIBLE_DEVICES="
+            f"{','.join(gpus)}); lower it, or submit the study with --launcher slurm"
+        )
     out.mkdir(parents=True, exist_ok=True)
     runs = refresh_status(study, out, tracking)
     summary = RunSummary()
@@ -576,8 +593,10 @@ def _schedule(
                         continue
                     if tracking.enabled:
                         tracking.kill_stale(runs.get(job.key, []))
-                    load = {g: sum(r.gpu == g for r in running.values()) for g in gpus}
-                    gpu = min(gpus, key=lambda g: load[g]) if gpus else None
+                    load = {g: sum(g in r.gpus for r in running.values()) for g in gpus}
+                    # the least busy GPUs (a torchrun pretraining takes job.gpus of them)
+                    mine = sorted(gpus, key=lambda g: load[g])[: job.gpus] if gpus else []
+                    gpu = ",".join(mine) if mine else None
                     argv = _command(job, study, out, tracking)
                     log = open(folder / JOB_LOG, "ab")  # noqa: SIM115 (closed in _finish)
                     try:
@@ -594,13 +613,14 @@ def _schedule(
                         log.close()
                         os.close(lock)
                         raise
-                    running[job.id] = _Running(job, proc, lock, gpu, log, time.monotonic())
+                    running[job.id] = _Running(job, proc, lock, mine, log, time.monotonic())
                     job.status = "running"
                     summary.ran += 1
                     started = True
                     say(
                         f"start {job.id}"
                         + (f" on GPU {gpu}" if gpu is not None else "")
+                        + (f" ({job.gpus} processes)" if job.gpus > 1 and not gpus else "")
                         + (f" ({job.detail})" if job.detail else "")
                     )
                 if not running:

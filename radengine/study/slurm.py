@@ -185,10 +185,15 @@ class SubmitSummary:
     study_run_id: str | None = None
 
 
-def _script(study: Study, out: Path, name: str, job_ids: list[str], *, array: bool) -> Path:
-    """Write the batch script of one job or one array (its sbatch options in
-    ``#SBATCH`` lines); return its path."""
-    sl = study.spec.slurm
+def _script(
+    study: Study, out: Path, name: str, job_ids: list[str], *, array: bool, kind: str,
+    gpus: int | None = None,
+) -> Path:  # fmt: skip
+    """Write the batch script of one job or one array of ``kind`` jobs (its sbatch options
+    in ``#SBATCH`` lines; ``gpus`` replaces ``gpus_per_job``); return its path."""
+    sl = study.spec.slurm.for_kind(kind)
+    if gpus is not None:
+        sl.gpus_per_job = gpus
     folder = out / SLURM_DIR
     folder.mkdir(parents=True, exist_ok=True)
     opts = [
@@ -258,7 +263,8 @@ def _prepare(
         "tracking_uri": tracking.uri if tracking.enabled else None,
         "run_context": run_context(job, study_run_id),
         "init_from": init_from,
-        "requeue": study.spec.slurm.requeue,
+        "requeue": study.spec.slurm.for_kind(job.kind).requeue,
+        "gpus": job.gpus,
     }
     (config.parent / LAUNCH_FILE).write_text(json.dumps(launch, indent=2) + "\n")
 
@@ -340,7 +346,7 @@ def submit_study(
     todo = [j for j in study.jobs if j.id not in summary.skipped]
     for job in [j for j in todo if j.kind == "pretrain"]:
         _prepare(job, study, out, tracking, parent.run_id)
-        script = _script(study, out, job.id, [job.id], array=False)
+        script = _script(study, out, job.id, [job.id], array=False, kind="pretrain", gpus=job.gpus)
         sid = _sbatch(script, [])
         _mark_submitted(job, out, sid, script, None)
         summary.submitted[job.id] = active[job.id] = sid
@@ -352,7 +358,7 @@ def submit_study(
         for job in jobs:
             _prepare(job, study, out, tracking, parent.run_id)
         name = f"eval-{dep_id or 'no-pretraining'}-{len(jobs)}"
-        script = _script(study, out, name, [j.id for j in jobs], array=True)
+        script = _script(study, out, name, [j.id for j in jobs], array=True, kind="eval")
         dependency = f"afterok:{active[dep_id]}" if dep_id in active else None
         extra = [f"--array=0-{len(jobs) - 1}"] + (
             [f"--dependency={dependency}"] if dependency else []
@@ -547,7 +553,9 @@ def job_main(folder: Path) -> int:
                 cfg["init"]["source"] = found[0].info.run_id
                 config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         if error is None and not stopping:
-            argv = job_argv(launch["kind"], launch["protocol"], config, folder)
+            argv = job_argv(
+                launch["kind"], launch["protocol"], config, folder, gpus=launch.get("gpus", 1)
+            )
             log.write(f"\n$ {' '.join(argv)}\n".encode())
             log.flush()
             env = dict(os.environ, MLFLOW_RUN_CONTEXT=launch["run_context"])

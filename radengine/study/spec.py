@@ -67,6 +67,7 @@ class PretrainDefaults:
 
     config: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    gpus: int = 1  # processes (GPUs) per pretraining; > 1: torchrun, one process per GPU
 
 
 @dataclass
@@ -89,6 +90,7 @@ class InitSpec:
     key: str | None = None
     strict: bool = True
     model: str | None = None
+    gpus: int | None = None  # this pretraining's processes (GPUs); None: pretrain.gpus
 
 
 @dataclass
@@ -108,7 +110,10 @@ class EvalBlock:
 
 @dataclass
 class SlurmSpec:
-    """Resources of every job ``study run --launcher slurm`` submits (sbatch options).
+    """Resources of every job ``study run --launcher slurm`` submits (sbatch options);
+    ``pretrain`` and ``eval`` blocks replace some of them for one kind of job
+    (``pretrain: {time: "48:00:00"}``). A pretraining asks for ``pretrain.gpus`` GPUs (or
+    its init's ``gpus``) rather than ``gpus_per_job``.
 
     ``time`` and ``mem`` are sbatch's strings (quote a time in YAML: ``"12:00:00"``);
     ``None`` leaves an option to the cluster's defaults. ``extra``: more sbatch options
@@ -128,6 +133,16 @@ class SlurmSpec:
     setup: list[str] = field(default_factory=list)
     requeue: bool = True
     signal_seconds: int = 120
+    pretrain: dict[str, Any] = field(default_factory=dict)  # keys above, for pretrainings only
+    eval: dict[str, Any] = field(default_factory=dict)  # keys above, for evaluations only
+
+    def for_kind(self, kind: str) -> SlurmSpec:
+        """The resources of a ``kind`` job: the common keys with its block's on top."""
+        common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        common.update(pretrain={}, eval={})
+        return base_config._build(
+            SlurmSpec, {**common, **getattr(self, kind)}, f"slurm.{kind}.", SlurmSpec
+        )
 
 
 @dataclass
@@ -321,8 +336,18 @@ def load_study(
     if s.input is not None:
         _check_input(s.input, "input")
     _check_slurm(s.slurm)
+    if s.pretrain.gpus < 1:
+        raise ConfigError("config key 'pretrain.gpus' must be at least 1")
+    for name, init in inits.items():
+        if isinstance(init, InitSpec) and init.gpus is not None and init.gpus < 1:
+            raise ConfigError(f"config key 'inits.{name}.gpus' must be at least 1 (or null)")
     spec_dict = base_config.to_dict(s)
-    del spec_dict["slurm"]  # where the jobs run is not what the study is
+    # Where the jobs run is not what the study is: no resources in the digest.
+    del spec_dict["slurm"]
+    del spec_dict["pretrain"]["gpus"]
+    for value in spec_dict["inits"].values():
+        if isinstance(value, dict):
+            value.pop("gpus", None)
     payload = json.dumps(spec_dict, sort_keys=True, default=str)
     study = Study(
         spec=s,
@@ -356,22 +381,30 @@ def load_study(
     return study
 
 
-def _check_slurm(slurm: SlurmSpec) -> None:
+def _check_slurm(slurm: SlurmSpec, where: str = "slurm") -> None:
     if slurm.cpus_per_task is not None and slurm.cpus_per_task < 1:
-        raise ConfigError("config key 'slurm.cpus_per_task' must be at least 1 (or null)")
+        raise ConfigError(f"config key '{where}.cpus_per_task' must be at least 1 (or null)")
     if slurm.gpus_per_job < 0:
-        raise ConfigError("config key 'slurm.gpus_per_job' must be at least 0")
+        raise ConfigError(f"config key '{where}.gpus_per_job' must be at least 0")
     if slurm.signal_seconds < 0:
-        raise ConfigError("config key 'slurm.signal_seconds' must be at least 0")
+        raise ConfigError(f"config key '{where}.signal_seconds' must be at least 0")
     for i, option in enumerate(slurm.extra):
         if not option.startswith("-") or "\n" in option:
             raise ConfigError(
-                f"config key 'slurm.extra[{i}]' must be one sbatch option such as "
+                f"config key '{where}.extra[{i}]' must be one sbatch option such as "
                 f"'--qos=high', got {option!r}"
             )
     for i, line in enumerate(slurm.setup):
         if "\n" in line:
-            raise ConfigError(f"config key 'slurm.setup[{i}]' must be one line, got {line!r}")
+            raise ConfigError(f"config key '{where}.setup[{i}]' must be one line, got {line!r}")
+    if where == "slurm":
+        for kind in ("pretrain", "eval"):
+            block = getattr(slurm, kind)
+            if not isinstance(block, Mapping):
+                raise ConfigError(f"config key 'slurm.{kind}' must be a mapping of slurm keys")
+            if {"pretrain", "eval"} & set(block):
+                raise ConfigError(f"config key 'slurm.{kind}' cannot hold another kind's block")
+            _check_slurm(slurm.for_kind(kind), f"slurm.{kind}")
 
 
 def _check_new_stores(study: Study, declared: set[str]) -> None:
@@ -577,6 +610,7 @@ def _pretrain_job(
         seed=cfg.seed,
         data="+".join(sorted({v for v in data.values()})),
         data_label=_pretrain_data_label(study, init),
+        gpus=init.gpus or study.spec.pretrain.gpus,
     )
 
 

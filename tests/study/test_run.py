@@ -156,3 +156,19 @@ def test_without_tracking_two_at_a_time(store, env, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert "3 done, 0 to run" in capsys.readouterr().out
+
+
+def test_pretraining_on_several_processes_runs_under_torchrun(store, env):
+    """pretrain.gpus: 2 runs the pretraining with torchrun, one process per GPU (two gloo
+    processes on this CPU machine); the evaluations then use it as any other."""
+    spec = env / "tiny.yaml"
+    spec.write_text(SPEC.format(store=store, steps=2))
+    out = env / "wide"
+    args = ["study", "run", str(spec), "--out", str(out), "--tracking", "none"]
+    assert main([*args, "pretrain.gpus=2"]) == 0
+    (pre,) = out.glob("pretrain-simclr-*")
+    log = (pre / "study-job.log").read_text()
+    assert "-m torch.distributed.run --standalone --nproc-per-node=2 -m radengine.cli" in log
+    assert "2 ranks" in log
+    assert (pre / "encoder.pt").is_file()
+    assert len(list(out.glob("*/results.json"))) == 2

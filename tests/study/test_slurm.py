@@ -20,6 +20,7 @@ import pytest
 
 from radengine.cli import main
 from radengine.data.builtin import write_synthetic_ct_store
+from radengine.engine import checkpoint
 from radengine.study.slurm import _slurm_status
 from tests.study.slurm_cluster import slurm_cluster, unavailable
 
@@ -136,6 +137,48 @@ def test_slurm_study_runs_to_the_end_and_rerun_submits_nothing(slurm, env):
     assert len(client.search_runs([exp.experiment_id], "tags.study_job_key != ''")) == 3
 
 
+def test_a_signalled_pretraining_checkpoints_requeues_and_resumes(slurm, env):
+    """The preemption path: SIGTERM to a running pretraining's batch job (what
+    ``--signal=B:TERM@N`` sends before the time limit, or a preemption) makes it checkpoint,
+    put itself back in the queue (``scontrol requeue``) and, run again, resume from the
+    checkpoint; the study then finishes with one FINISHED run per job."""
+    mlflow = pytest.importorskip("mlflow")
+    store = env / "ct"
+    if not store.exists():
+        write_synthetic_ct_store(store, patients=10, slices=4, size=32)
+    spec = env / "requeue.yaml"
+    text = SPEC.format(store=store).replace("name: tiny_slurm", "name: requeue_slurm")
+    text = text.replace("train.max_steps: 3", "train.max_steps: 400")
+    text = text.replace("train.checkpoint_every: 1", "train.checkpoint_every: 5")
+    spec.write_text(text.replace("seeds: [42, 1]", "seeds: [42]"))
+    uri = f"sqlite:///{env / 'mlflow-requeue.db'}"
+    out = env / "requeue"
+    common = [str(spec), "--out", str(out), "--tracking", uri]
+    _capture(["study", "run", *common, "--launcher", "slurm"])
+    (pre_dir,) = out.glob("pretrain-*")
+    sid = json.loads((pre_dir / "study-job.json").read_text())["slurm"]["job"]
+    end = time.monotonic() + 120
+    while not checkpoint.find(pre_dir / "checkpoints"):
+        assert time.monotonic() < end, "no checkpoint within 120 s"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=TERM", "--batch", sid], check=True)
+    report_record = out / "slurm" / "report-job.json"
+    end = time.monotonic() + 300
+    while json.loads(report_record.read_text()).get("status") == "submitted":
+        assert time.monotonic() < end, "the study did not finish in 300 s: " + _capture(
+            ["study", "status", *common]
+        )
+        time.sleep(1)
+    record = json.loads((pre_dir / "study-job.json").read_text())
+    assert record["status"] == "done" and record["slurm"]["restarts"] >= 1, record
+    log = (pre_dir / "study-job.log").read_text()
+    assert "--resume" in log and "resuming at step" in log, log[-2000:]
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("requeue_slurm")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if "study_job_key" in r.data.tags]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+
 def test_status_from_slurm_state_and_records():
     rec = {"slurm": {"job": "7_1", "dependency": "afterok:6"}, "status": "submitted"}
     assert _slurm_status(rec, {"7_1": ("PENDING", "Dependency")})[0] == "queued"
@@ -161,6 +204,43 @@ def test_slurm_spec_block_is_checked():
         load_study("mini", ["slurm.time=12:00:00"], expand=False)  # YAML: 43200
     with pytest.raises(ConfigError, match=r"slurm\.extra"):
         load_study("mini", ["slurm.extra=[qos]"], expand=False)
+
+
+def test_resources_per_kind_of_job(tmp_path, monkeypatch):
+    """Pretrainings and evaluations ask for their own resources: the common slurm keys,
+    the kind's block on top, and a pretraining's GPUs from pretrain.gpus."""
+    from radengine.config import ConfigError
+    from radengine.study.slurm import _script
+    from radengine.study.spec import load_study
+
+    monkeypatch.chdir(tmp_path)
+    over = [
+        "slurm.partition=gpu", 'slurm.time="02:00:00"', "slurm.gpus_per_job=1",
+        'slurm.pretrain={time: "48:00:00", mem: 200G}', "slurm.eval.cpus_per_task=4",
+        "pretrain.gpus=4", "inits.simclr_natural.gpus=8",
+    ]  # fmt: skip
+    study = load_study("mini", over)
+    assert study.digest == load_study("mini").digest  # resources are not the study
+    jobs = {j.init: j for j in study.jobs if j.kind == "pretrain"}
+    assert jobs["simclr_ct"].gpus == 4 and jobs["simclr_natural"].gpus == 8
+
+    def opts(kind, gpus=None):
+        path = _script(study, tmp_path, kind, ["j"], array=False, kind=kind, gpus=gpus)
+        return [x.removeprefix("#SBATCH ") for x in path.read_text().splitlines() if "#SBATCH" in x]
+
+    pre, ev = opts("pretrain", gpus=jobs["simclr_ct"].gpus), opts("eval")
+    assert {"--partition=gpu", "--time=48:00:00", "--mem=200G", "--gpus=4"} <= set(pre)
+    assert not any(o.startswith("--cpus-per-task") for o in pre)
+    assert {"--partition=gpu", "--time=02:00:00", "--cpus-per-task=4", "--gpus=1"} <= set(ev)
+    assert not any(o.startswith("--mem") for o in ev)
+    with pytest.raises(
+        ConfigError, match=r"slurm\.pretrain\.tme.*did you mean 'slurm\.pretrain\.time'"
+    ):
+        load_study("mini", ['slurm.pretrain.tme="1:00:00"'], expand=False)
+    with pytest.raises(ConfigError, match=r"slurm\.eval\.gpus_per_job' must be at least 0"):
+        load_study("mini", ["slurm.eval.gpus_per_job=-1"], expand=False)
+    with pytest.raises(ConfigError, match=r"pretrain\.gpus' must be at least 1"):
+        load_study("mini", ["pretrain.gpus=0"], expand=False)
 
 
 def test_run_without_sbatch_says_so(env, monkeypatch):
