@@ -307,6 +307,7 @@ class Tracker:
         self.flush_every = float(flush_every)
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.artifact_uri: str | None = None  # where the run's artifacts go (set by start)
         self._client: Any = None
         self._active = False
         self._buffer: list[tuple[str, float, int, int]] = []
@@ -395,6 +396,7 @@ class Tracker:
                 run_tags = {}
                 started = True
                 self.run_id = run.info.run_id
+            self.artifact_uri = run.info.artifact_uri
 
             self._client = client
             run_tags_list = [RunTag(k, v) for k, v in run_tags.items()]
@@ -417,6 +419,7 @@ class Tracker:
                 with contextlib.suppress(Exception):
                     client.set_terminated(run.info.run_id, "FAILED")
             self.run_id = None
+            self.artifact_uri = None
             self._client = None
             raise
 
@@ -654,6 +657,16 @@ class Tracker:
             return
         self._require_run()
         self._client.log_text(self.run_id, text, filename)
+
+    def log_figure(
+        self, figure: Any, filename: str, *, save_kwargs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Save a matplotlib ``figure`` as the artifact ``filename`` (may contain folders:
+        ``a/b.png``; its extension picks the format), with ``save_kwargs`` for ``savefig``."""
+        if not self.enabled:
+            return
+        self._require_run()
+        self._client.log_figure(self.run_id, figure, filename, save_kwargs=dict(save_kwargs or {}))
 
     # ---- models
 

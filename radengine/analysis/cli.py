@@ -122,7 +122,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         )
         for note in res.notes:
             print(f"note: {note}")
-        print(f"{len(res.domains)} points; figures: {', '.join(p.name for p in res.figures)}")
+        stems = dict.fromkeys(p.stem for p in res.figures)
+        print(f"{len(res.domains)} points; figures (.png, .svg): {', '.join(stems)}")
         return res
 
     return _run_analysis(go, args)
@@ -213,7 +214,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "cka",
         help="CKA between the layers of two encoders (heatmap + matrix)",
         description="CKA between the same layers of encoders A and B on a store's images: "
-        "heatmap (SVG), matrix (CSV, JSON), diagonal as MLflow metrics.",
+        "heatmap (PNG, SVG), matrix (CSV, JSON), diagonal as MLflow metrics.",
     )
     q.add_argument("--a", required=True, metavar="INIT", help=f"encoder A: {INIT_HELP}")
     q.add_argument("--b", required=True, metavar="INIT", help="encoder B (same forms)")

@@ -5,11 +5,11 @@ features, and the MLflow run of an analysis (``stage=analysis``)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch import Tensor, nn
 from radengine.data.store import Store, StoreError
 from radengine.errors import UserError
 from radengine.eval.features import ViewSpec
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "AnalysisError",
@@ -220,12 +223,16 @@ def log_run(
     params: dict[str, object],
     metrics: dict[str, float],
     folder: Path,
+    figures: Mapping[str, Figure] | None = None,
 ) -> str | None:
     """One MLflow run tagged ``stage=analysis, analysis=<name>`` with the folder's files as
-    artifacts; returns its id (None with tracking off)."""
+    artifacts, the ``figures`` (``{stem: figure}``, saved in the folder as ``<stem>.png``
+    and ``<stem>.svg``) logged as figures under the same names; returns its id (None with
+    tracking off)."""
     if not enabled:
         return None
     from radengine import tracking
+    from radengine.analysis import plots
 
     if not tracking.mlflow_available():
         raise AnalysisError(
@@ -240,9 +247,15 @@ def log_run(
     )
     try:
         tracker.log_metrics({k: float(v) for k, v in metrics.items()}, step=0)
+        figures = dict(figures or {})
+        drawn = {f"{stem}.{fmt}" for stem in figures for fmt in plots.FORMATS}
         for path in sorted(folder.iterdir()):
-            if path.is_file():
+            if path.is_file() and path.name not in drawn:
                 tracker.log_artifact(path, analysis)
+        for stem, fig in figures.items():
+            for fmt in plots.FORMATS:
+                kwargs = plots.save_kwargs(fig, fmt)
+                tracker.log_figure(fig, f"{analysis}/{stem}.{fmt}", save_kwargs=kwargs)
     except BaseException:
         tracker.finish("FAILED")
         raise

@@ -1,10 +1,11 @@
 """The ``radengine analyze`` commands as functions: ``run_cka``, ``run_domain``, ``run_embed``.
 
 Each resolves its encoders like ``radengine eval --init``, samples a store (default: the
-built-in synthetic CT and natural stores), writes its files (CSV/JSON + SVG figures) to an
-output folder (default ``runs/analysis/<what>-<time>/``) and, unless tracking is off, logs
-one MLflow run tagged ``stage=analysis, analysis=<what>`` in ``radengine-analysis`` with
-the files as artifacts and the headline numbers as metrics.
+built-in synthetic CT and natural stores), writes its files (CSV/JSON, and matplotlib
+figures as PNG + SVG) to an output folder (default ``runs/analysis/<what>-<time>/``) and,
+unless tracking is off, logs one MLflow run tagged ``stage=analysis, analysis=<what>`` in
+``radengine-analysis`` with the files as artifacts (the figures with ``log_figure``) and the
+headline numbers as metrics.
 """
 
 from __future__ import annotations
@@ -148,16 +149,16 @@ def run_cka(
         w.writerow([name, *(repr(v) for v in row)])
     (folder / "cka.csv").write_text(buf.getvalue())
     title = f"{kernel} CKA: {enc_a.label} vs {enc_b.label} ({res.num_samples} images)"
-    (folder / "cka.svg").write_text(
-        plots.heatmap_svg(
-            m,
-            res.layers_a,
-            res.layers_b,
-            title=title,
-            xlabel=f"B: {enc_b.label}",
-            ylabel=f"A: {enc_a.label}",
-        )
+    fig = plots.heatmap(
+        m,
+        res.layers_a,
+        res.layers_b,
+        title=title,
+        xlabel=f"B: {enc_b.label}",
+        ylabel=f"A: {enc_a.label}",
+        colorbar_label=f"{kernel} CKA",
     )
+    plots.save_figure(fig, folder / "cka")
     metrics: dict[str, float] = {}
     if res.layers_a == res.layers_b:
         diag = [m[i][i] for i in range(len(res.layers_a))]
@@ -217,6 +218,7 @@ def run_cka(
         },
         metrics=metrics,
         folder=folder,
+        figures={"cka": fig},
     )
     return CKAResult(
         res.matrix, res.layers_a, res.layers_b, res.num_samples, kernel, folder, metrics, run_id
@@ -297,18 +299,21 @@ def run_domain(
     for name, r in results.items():
         w.writerow([name, repr(r.test_accuracy), repr(r.train_accuracy), r.num_train, r.num_test])
     (folder / "domain.csv").write_text(buf.getvalue())
-    (folder / "domain.svg").write_text(
-        plots.bar_chart_svg(
-            layers,
-            ["held-out accuracy", "train accuracy"],
-            [
-                [results[n].test_accuracy * 100 for n in layers],
-                [results[n].train_accuracy * 100 for n in layers],
-            ],
-            title=f"CT vs natural linear probe: {enc.label} (chance {chance * 100:.0f}%)",
-            ylabel="accuracy (%)",
-        )
+    fig = plots.bar_chart(
+        layers,
+        ["held-out accuracy", "train accuracy"],
+        [
+            [results[n].test_accuracy * 100 for n in layers],
+            [results[n].train_accuracy * 100 for n in layers],
+        ],
+        title=f"CT vs natural linear probe: {enc.label}",
+        ylabel="accuracy (%)",
+        xlabel="layer",
+        reference=chance * 100,
+        reference_label=f"chance ({chance * 100:.0f}%)",
+        value_format="{:.0f}",
     )
+    plots.save_figure(fig, folder / "domain")
     metrics = {f"domain/{n}/test_accuracy": r.test_accuracy for n, r in results.items()}
     metrics.update({f"domain/{n}/train_accuracy": r.train_accuracy for n, r in results.items()})
     metrics["domain/chance"] = chance
@@ -336,6 +341,7 @@ def run_domain(
         },
         metrics=metrics,
         folder=folder,
+        figures={"domain": fig},
     )
     return DomainResult(layers, results, folder, metrics, chance, run_id)
 
@@ -346,7 +352,7 @@ class EmbedResult:
     domains: list[str]
     labels: list[str]
     out: Path
-    figures: list[Path]
+    figures: list[Path]  # the figure files, PNG and SVG
     notes: list[str] = field(default_factory=list)
     run_id: str | None = None
 
@@ -431,7 +437,8 @@ def run_embed(
         vals = [repr(float(coords[m][i, j])) for m in names for j in (0, 1)]
         w.writerow([store_path, r, d, lab, *vals])
     (folder / "embed.csv").write_text(buf.getvalue())
-    figures = []
+    figures: list[Path] = []
+    drawn: dict[str, Any] = {}  # stem -> matplotlib Figure
     for m, c in coords.items():
         pts = c.tolist()
         if m == "pca":
@@ -439,18 +446,18 @@ def run_embed(
         else:
             ax = ["t-SNE 1", "t-SNE 2"]
         for by, colour, marker in (("domain", domains, None), ("label", labels, domains)):
-            path = folder / f"embed_{m}_{by}.svg"
-            path.write_text(
-                plots.scatter_svg(
-                    pts,
-                    colour,
-                    marker,
-                    title=f"{m.upper()} of {enc.label} features, by {by}",
-                    xlabel=ax[0],
-                    ylabel=ax[1],
-                )
+            stem = f"embed_{m}_{by}"
+            drawn[stem] = plots.scatter(
+                pts,
+                colour,
+                marker,
+                title=f"{'t-SNE' if m == 'tsne' else 'PCA'} of {enc.label} features, by {by}",
+                xlabel=ax[0],
+                ylabel=ax[1],
+                colour_title=by,
+                marker_title="domain" if marker is not None else "",
             )
-            figures.append(path)
+            figures += plots.save_figure(drawn[stem], folder / stem).values()
     metrics = {"embed/samples": float(x.shape[0])}
     if "pca" in coords:
         metrics["embed/pca_explained_1"] = explained[0].item()
@@ -478,5 +485,6 @@ def run_embed(
         },
         metrics=metrics,
         folder=folder,
+        figures=drawn,
     )
     return EmbedResult(coords, domains, labels, folder, figures, notes, run_id)

@@ -668,6 +668,7 @@ def build_table(
     *,
     baseline: str | None = None,
     metrics: Sequence[str] | None = None,
+    row_order: Sequence[str] | None = None,
 ) -> TransferTable:
     """Group runs into the transfer table and compare every row with the baseline.
 
@@ -681,6 +682,8 @@ def build_table(
             None: ``scratch`` when present, else no comparison.
         metrics: metric names (``accuracy`` or ``test/accuracy``); None: each run's
             ``primary_metric``.
+        row_order: row labels in the order to show them (a study's init names, as its
+            spec lists them); the baseline comes first, rows not named here last, sorted.
 
     Returns:
         The table, with Holm-adjusted p-values over all its comparisons.
@@ -740,7 +743,8 @@ def build_table(
     grouped: dict[tuple[str, Column], list[tuple[int, float, str]]] = {}
     for (label, col, seed), (_, value, run_id) in latest.items():
         grouped.setdefault((label, col), []).append((seed, value, run_id))
-    rows = sorted({label for label, _ in grouped})
+    order = {name: i for i, name in enumerate(row_order or ())}
+    rows = sorted({label for label, _ in grouped}, key=lambda r: (order.get(r, len(order)), r))
     rows_of: dict[Column, list[str]] = {}
     for label, col in sorted(grouped, key=lambda slot: slot[0]):
         rows_of.setdefault(col, []).append(label)
@@ -1059,6 +1063,7 @@ def make_report(
     out: str | Path | None = None,
     results_dir: str | Path = "runs/eval",
     report_experiment: str = "radengine-report",
+    row_order: Sequence[str] | None = None,
 ) -> ReportResult:
     """Collect the runs, build the table, write ``report.{txt,md,csv,html}`` and the figure
     ``report.{png,svg}`` to ``out`` and (with tracking) log them as artifacts of a run tagged
@@ -1074,6 +1079,7 @@ def make_report(
         out: the output folder (default ``runs/report/<study|all>-<time>``).
         results_dir: where ``radengine eval --tracking none`` wrote its folders.
         report_experiment: the MLflow experiment of the report run.
+        row_order: the rows' order (see :func:`build_table`).
 
     Returns:
         The :class:`ReportResult`.
@@ -1082,6 +1088,7 @@ def make_report(
         ReportError: no runs, an unknown experiment or baseline.
     """
     from radengine import tracking
+    from radengine.analysis.plots import save_figure
 
     if tracking_enabled:
         if not tracking.mlflow_available():
@@ -1098,15 +1105,13 @@ def make_report(
     if not records:
         scope = f" for study {study!r}" if study else ""
         raise ReportError(f"no finished eval runs{scope} {where}; {NO_RUNS_HINT}")
-    table = build_table(records, baseline=baseline, metrics=metrics)
+    table = build_table(records, baseline=baseline, metrics=metrics, row_order=row_order)
     title = f"transfer table: {study}" if study else "transfer table"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(out) if out else Path("runs") / "report" / f"{study or 'all'}-{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
     files = {ext: folder / f"report.{ext}" for ext in ("txt", "md", "csv", "html", "png", "svg")}
-    fig = make_figure(table, title)
-    fig.savefig(files["png"], dpi=150)
-    fig.savefig(files["svg"], metadata={"Date": None})
+    save_figure(make_figure(table, title), folder / "report")
     text = to_text(table, title)
     contents = {
         "txt": text,

@@ -752,6 +752,7 @@ def _report(
             out=out / "report",
             results_dir=out,
             report_experiment=study.experiment,
+            row_order=[v for names in study.init_names.values() for v in names],
         )
     except UserError as exc:
         summary.report_error = str(exc)

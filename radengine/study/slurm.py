@@ -190,9 +190,10 @@ def _script(
     gpus: int | None = None,
 ) -> Path:  # fmt: skip
     """Write the batch script of one job or one array of ``kind`` jobs (its sbatch options
-    in ``#SBATCH`` lines; ``gpus`` replaces ``gpus_per_job``); return its path."""
+    in ``#SBATCH`` lines; ``gpus`` replaces ``gpus_per_job`` unless that is 0, a CPU-only
+    job); return its path."""
     sl = study.spec.slurm.for_kind(kind)
-    if gpus is not None:
+    if gpus is not None and sl.gpus_per_job > 0:  # gpus_per_job 0: a CPU cluster
         sl.gpus_per_job = gpus
     folder = out / SLURM_DIR
     folder.mkdir(parents=True, exist_ok=True)

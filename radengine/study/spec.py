@@ -113,7 +113,7 @@ class SlurmSpec:
     """Resources of every job ``study run --launcher slurm`` submits (sbatch options);
     ``pretrain`` and ``eval`` blocks replace some of them for one kind of job
     (``pretrain: {time: "48:00:00"}``). A pretraining asks for ``pretrain.gpus`` GPUs (or
-    its init's ``gpus``) rather than ``gpus_per_job``.
+    its init's ``gpus``) rather than ``gpus_per_job``, unless that is 0 (CPU-only jobs).
 
     ``time`` and ``mem`` are sbatch's strings (quote a time in YAML: ``"12:00:00"``);
     ``None`` leaves an option to the cluster's defaults. ``extra``: more sbatch options
@@ -342,8 +342,9 @@ def load_study(
         if isinstance(init, InitSpec) and init.gpus is not None and init.gpus < 1:
             raise ConfigError(f"config key 'inits.{name}.gpus' must be at least 1 (or null)")
     spec_dict = base_config.to_dict(s)
-    # Where the jobs run is not what the study is: no resources in the digest.
-    del spec_dict["slurm"]
+    # Where the jobs run, and how the study is described, is not what the study is: no
+    # resources and no description in the digest.
+    del spec_dict["slurm"], spec_dict["description"]
     del spec_dict["pretrain"]["gpus"]
     for value in spec_dict["inits"].values():
         if isinstance(value, dict):

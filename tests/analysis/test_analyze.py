@@ -1,20 +1,20 @@
-"""`radengine analyze cka|domain|embed` end to end on tiny built-in-style stores, the domain
-probe and PCA as functions, and the SVG writers (well-formed XML, the right elements)."""
+"""`radengine analyze cka|domain|embed` end to end on tiny built-in-style stores (with their
+PNG + SVG figures), the domain probe and PCA as functions. The figure functions themselves:
+test_plots.py."""
 
 from __future__ import annotations
 
 import csv
-import math
-import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import torch
 
-from radengine.analysis import plots
 from radengine.analysis.domain import linear_probe
 from radengine.analysis.embed import pca_2d, tsne_available
 from radengine.cli import main
 from radengine.data.builtin import write_synthetic_ct_store, write_synthetic_natural_store
+from tests.analysis.test_plots import SVG, check_files, group, points_drawn, texts
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,6 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-SVG = "{http://www.w3.org/2000/svg}"
 TINY = ["--size", "32", "--tracking", "none"]
 
 
@@ -43,10 +42,9 @@ def stores(tmp_path_factory):
     return ct.path, nat.path
 
 
-def _elements(path, cls):
-    root = ET.parse(path).getroot()
-    assert root.tag == f"{SVG}svg"
-    return [e for e in root.iter() if e.get("class") == cls]
+def _figure(out, stem):
+    """The SVG root of the figure ``out/<stem>.{png,svg}``, both files checked."""
+    return check_files(out / f"{stem}.png", out / f"{stem}.svg")
 
 
 # ---------------------------------------------------------------------------------- CKA
@@ -66,8 +64,12 @@ def test_cka_same_encoder_has_ones_on_the_diagonal(stores, tmp_path, capsys):
     assert matrix.shape == (5, 5)
     torch.testing.assert_close(matrix.diagonal(), torch.ones(5, dtype=matrix.dtype))
     assert torch.allclose(matrix, matrix.T, atol=1e-9) and (matrix <= 1 + 1e-9).all()
-    assert len(_elements(out / "cka.svg", "cell")) == 25
-    assert _elements(out / "cka.svg", "scale")  # the colour bar
+    fig = _figure(out, "cka")
+    assert fig.find(f"{SVG}title").text == "linear CKA: scratch vs scratch (12 images)"
+    found = texts(fig)
+    assert found.count("1.00") >= 5 and "B: scratch" in found and "linear CKA" in found
+    assert all(found.count(n) == 2 for n in names)  # the rows and the columns
+    assert group(fig, "colorbar") is not None
 
 
 def test_cka_early_layer_preset_two_inits_logged_to_mlflow(stores, tmp_path):
@@ -92,7 +94,10 @@ def test_cka_early_layer_preset_two_inits_logged_to_mlflow(stores, tmp_path):
                             "cka/diagonal_mean"}  # fmt: skip
     assert all(0 <= v < 1 for v in metrics.values())  # different weights: not identical
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "cka")}
-    assert {"cka/cka.svg", "cka/cka.csv", "cka/cka.json"} <= arts
+    assert arts == {"cka/cka.png", "cka/cka.svg", "cka/cka.csv", "cka/cka.json"}
+    logged = client.download_artifacts(run.info.run_id, "cka", str(tmp_path / "logged"))
+    fig = check_files(Path(logged) / "cka.png", Path(logged) / "cka.svg")  # via log_figure
+    assert "rbf CKA" in texts(fig) and "layer1.0.conv2" in texts(fig)
 
 
 def test_cka_errors(stores, tmp_path, capsys):
@@ -144,7 +149,11 @@ def test_domain_cli_end_to_end(stores, tmp_path, capsys):
     # synthetic CT and synthetic shapes are easy to tell apart from the stem on
     assert float(rows["stem"]["test_accuracy"]) > 0.9
     assert "held-out accuracy" in text
-    assert len(_elements(out / "domain.svg", "bar")) == 12
+    fig = _figure(out, "domain")
+    assert len([e for e in fig.iter() if e.get("id", "").startswith("bar-")]) == 12
+    assert texts(group(fig, "legend"))[1:] == ["held-out accuracy", "train accuracy"]
+    assert texts(group(fig, "legend"))[0].startswith("chance (")
+    assert "CT vs natural linear probe: scratch" in texts(fig) and "pooled" in texts(fig)
     # the stores the wrong way round
     assert main(["analyze", "domain", "--ct", str(nat), "--natural", str(ct), *TINY]) == 2
     assert "not a CT store" in capsys.readouterr().err
@@ -153,13 +162,13 @@ def test_domain_cli_end_to_end(stores, tmp_path, capsys):
 # -------------------------------------------------------------------------------- embed
 
 
-def test_embed_svg_has_one_point_per_image(stores, tmp_path, capsys):
+def test_embed_figures_have_one_point_per_image(stores, tmp_path, capsys):
     ct, nat = stores
     out = tmp_path / "emb"
     args = ["analyze", "embed", "--init", "scratch", "--data", str(ct), "--data", str(nat)]
     assert main([*args, "--samples", "20", "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
-    assert "40 points" in printed
+    assert "40 points; figures (.png, .svg): embed_pca_domain, embed_pca_label" in printed
     methods = ["pca"]
     if tsne_available():
         methods.append("tsne")
@@ -167,9 +176,12 @@ def test_embed_svg_has_one_point_per_image(stores, tmp_path, capsys):
         assert "t-SNE skipped: scikit-learn is not installed" in printed
     for method in methods:
         for by in ("domain", "label"):
-            assert len(_elements(out / f"embed_{method}_{by}.svg", "point")) == 40
-    keys = _elements(out / "embed_pca_domain.svg", "legend-key")
-    assert len(keys) == 2  # ct, natural
+            assert points_drawn(_figure(out, f"embed_{method}_{by}")) == 40
+    fig = _figure(out, "embed_pca_domain")
+    assert texts(group(fig, "legend-colour")) == ["domain", "ct", "natural"]
+    assert "PCA of scratch features, by domain" in texts(fig)
+    fig = _figure(out, "embed_pca_label")
+    assert texts(group(fig, "legend-marker")) == ["domain", "ct", "natural"]
     with open(out / "embed.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 40 and {r["domain"] for r in rows} == {"ct", "natural"}
@@ -189,28 +201,3 @@ def test_pca_2d_matches_svd_and_explains_variance():
     assert abs(torch.corrcoef(torch.stack([coords[:, 0], xc[:, 0]]))[0, 1]) > 0.99
     coords1, _ = pca_2d(torch.ones(5, 1))
     assert coords1.shape == (5, 2)
-
-
-# ---------------------------------------------------------------------------------- SVG
-
-
-def test_svg_writers_are_well_formed_with_awkward_text():
-    name = 'a <b> & "c"'
-    bar = plots.bar_chart_svg(
-        ["col 1", name], ["r1", "r2", "r3"],
-        [[1.0, math.nan], [0.5, -0.2], [2.0, 3.0]],
-        [[0.1, 0.1], [math.nan, 0.05], [0.0, 0.3]],
-        title=name, ylabel="acc",
-    )  # fmt: skip
-    root = ET.fromstring(bar)
-    assert root.find(f"{SVG}title").text == name
-    assert len([e for e in root.iter() if e.get("class") == "bar"]) == 5  # NaN left out
-    assert len([e for e in root.iter() if e.get("class") == "errorbar"]) == 3  # std > 0
-    heat = plots.heatmap_svg([[1.0, math.nan], [0.25, 0.5]], ["x", name], ["y", "z"], title=name)
-    cells = [e for e in ET.fromstring(heat).iter() if e.get("class") == "cell"]
-    assert len(cells) == 4 and cells[1].get("fill") == "#bbbbbb"
-    sc = plots.scatter_svg([[0, 0], [1, 2], [math.inf, 1]], ["a", name, "a"], ["p", "q", "q"])
-    pts = [e for e in ET.fromstring(sc).iter() if e.get("class") == "point"]
-    assert len(pts) == 2
-    with pytest.raises(ValueError, match="2 x 2"):
-        plots.heatmap_svg([[1.0]], ["a", "b"], ["c", "d"])

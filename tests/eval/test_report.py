@@ -601,3 +601,17 @@ def test_results_folders_keep_the_pretraining_tags(tmp_path):
         (folder / "results.json").write_text(json.dumps(res))
     labels = sorted(row_label(r.tags) for r in collect_results(tmp_path))
     assert labels == ["scratch", "simclr natural -> ct"]
+
+
+def test_rows_follow_the_given_order_after_the_baseline():
+    """A study's table lists its inits as the spec does (baseline first), not sorted."""
+
+    def rec(init, value, seed):
+        tags = {"init": init, "study_init": init, "seed": str(seed), "task": "t",
+                "protocol": "knn", "primary_metric": "test/a"}  # fmt: skip
+        return EvalRecord(f"{init}{seed}", tags, {"test/a": value})
+
+    recs = [rec(n, 0.5 + 0.01 * s, s) for n in ("zeta", "alpha", "scratch", "mid") for s in (0, 1)]
+    table = build_table(recs, row_order=["scratch", "zeta", "mid"])
+    assert table.rows == ["scratch", "zeta", "mid", "alpha"]
+    assert build_table(recs).rows == ["scratch", "alpha", "mid", "zeta"]

@@ -233,6 +233,9 @@ def test_resources_per_kind_of_job(tmp_path, monkeypatch):
     assert not any(o.startswith("--cpus-per-task") for o in pre)
     assert {"--partition=gpu", "--time=02:00:00", "--cpus-per-task=4", "--gpus=1"} <= set(ev)
     assert not any(o.startswith("--mem") for o in ev)
+    cpu = load_study("mini", ["slurm.gpus_per_job=0"])  # a CPU cluster: no --gpus at all
+    path = _script(cpu, tmp_path, "cpu", ["j"], array=False, kind="pretrain", gpus=4)
+    assert "--gpus" not in path.read_text()
     with pytest.raises(
         ConfigError, match=r"slurm\.pretrain\.tme.*did you mean 'slurm\.pretrain\.time'"
     ):
