@@ -32,6 +32,51 @@ from pathlib import Path
 EXIT_PREEMPTED = 3  # see the module docs
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, plus an option's default at the end of its help text when the
+    text does not already say it (``(default 64)``); flags, None and empty defaults are not
+    shown."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = action.default
+        if (
+            not text
+            or "default" in text
+            or f"({default})" in text  # "(3)": said already, the house style of some
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default in ("", [])
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        return f"{text} (default %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` that formats help with :class:`HelpFormatter`; its
+    subcommands' parsers are of this class too (argparse makes them of the parent's)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand without a description its one-line help as one, so that
+    ``radengine X --help`` always says what X does (recursively)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description and helps.get(name):
+                    # a help line is %-formatted by argparse, a description is not
+                    text = helps[name].replace("%%", "%").rstrip(".")
+                    sub.description = text[:1].upper() + text[1:] + "."
+                _describe_subcommands(sub)
+
+
 def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer >= ``minimum`` (and <= ``maximum``); anything else is a
     usage error naming the option (exit 2).
@@ -179,10 +224,36 @@ def _cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_output(text: str) -> None:
+    """Write a command's whole output (a listing, a config) to stdout. A reader that stops
+    early (``radengine list | head``) ends the output quietly, not with a BrokenPipeError:
+    stdout then points at /dev/null, so the flush at exit has nowhere to fail."""
+    import os
+
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import shutil
+
+    from radengine import catalog
+
+    sections = catalog.collect(list(dict.fromkeys(args.kinds)) or catalog.KINDS)
+    if args.json:
+        print_output(json.dumps(catalog.to_json(sections), indent=2) + "\n")
+        return 0
+    # on a terminal, descriptions are cut to its width; piped, lines stay whole (for grep)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print_output(catalog.format_text(sections, width))
+    return 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from radengine.config import load_pretrain_config
-    from radengine.engine.trainer import pretrain
-    from radengine.fmt import percent
+    from radengine.config import dump_yaml, load_pretrain_config
 
     flags = []
     if args.domain:
@@ -198,6 +269,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     elif args.tracking:
         flags.append(f"tracking.uri={args.tracking}")
     cfg = load_pretrain_config(args.config, [*flags, *args.overrides])
+    if args.print_config:
+        print_output(dump_yaml(cfg))
+        return 0
+    from radengine.engine.trainer import pretrain
+    from radengine.fmt import percent
+
     result = pretrain(cfg, resume=args.resume)
     # every rank of a preempted job exits 3, so the job's status says "resumable"
     code = EXIT_PREEMPTED if result.preempted else 0
@@ -259,9 +336,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="radengine",
-        description="Self-supervised pretraining and transfer evaluation for CT and natural images.",
+        description="Self-supervised pretraining and transfer evaluation for CT and natural "
+        "images. `radengine COMMAND --help` for a command's options; `radengine list` for the "
+        "names configs take (methods, architectures, presets, windows, tasks, configs).",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -269,9 +348,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "info",
         help="versions, native modules, devices, op backends (and why any is missing), tracking URI",
+        description="What this installation has: versions of radengine and its dependencies, "
+        "the native modules built (and why one is missing), devices, each op's backends, the "
+        "threads used and the MLflow tracking URI. Reads only the installation.",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.set_defaults(func=_cmd_info)
+
+    from radengine.catalog import KINDS
+
+    p = sub.add_parser(
+        "list",
+        help="the names configs and options take: " + ", ".join(KINDS),
+        description="List what radengine offers by name, one line each, read from the "
+        "registries the code uses: self-supervised methods (method), backbones "
+        "(model.arch), augmentation presets (augment.preset), CT windows "
+        "(augment.intensity), evaluation tasks (--task) and the shipped configs "
+        "(--config, study run). Defaults are marked. No KIND: everything, grouped.",
+    )
+    p.add_argument(
+        "kinds",
+        nargs="*",
+        metavar="KIND",
+        help=f"{' | '.join(KINDS)} (default: all of them)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output: {kind: [{name, description, default_for, ...}]}",
+    )
+    p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser(
         "selftest",
@@ -292,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of hu_window, resize, augment_views, nt_xent, info_nce, pretrain, "
         "cuda_stream (default: all)",
     )
-    p.add_argument("--seed", type=_int_at_least(0), help="input seed (default: a fresh one)")
+    p.add_argument(
+        "--seed", type=_int_at_least(0), metavar="N", help="input seed (default: a fresh one)"
+    )
     p.set_defaults(func=_cmd_selftest)
 
     from radengine.data.builtin import CT_DEFAULTS, NATURAL_DEFAULTS
@@ -301,93 +409,184 @@ def build_parser() -> argparse.ArgumentParser:
     count, size = _int_at_least(1), _int_at_least(_MIN_SIZE, _MAX_SIZE)
 
     p = sub.add_parser(
-        "synth", help="write a built-in synthetic dataset (CT or natural) as a store"
+        "synth",
+        help="write a built-in synthetic dataset (CT or natural) as a store",
+        description="Write one of the built-in synthetic datasets as a store (the ones "
+        "pretrain and eval use when given no --data), with other sizes or seeds; an "
+        "interrupted write resumes.",
     )
     synth = p.add_subparsers(dest="domain", metavar="DOMAIN", required=True)
     ct = synth.add_parser(
-        "ct", help="procedural CT slices with body region, lesion and organ labels"
+        "ct",
+        help="procedural CT slices with body region, lesion and organ labels",
+        description="Procedural CT (int16 HU, not real patients) with organ masks and body "
+        "region, lesion and contrast-phase labels: per patient, one series of --slices "
+        "slices per body region. --dicom writes DICOM files instead, to try `radengine "
+        "ingest ct` on.",
     )
-    ct.add_argument("--out", required=True, help="store directory to write (resumable)")
-    ct.add_argument("--patients", type=count, default=CT_DEFAULTS["patients"])
-    ct.add_argument("--slices", type=count, default=CT_DEFAULTS["slices"], help="per series")
+    ct.add_argument(
+        "--out", required=True, metavar="DIR", help="store directory to write (resumable)"
+    )
+    ct.add_argument(
+        "--patients", type=count, default=CT_DEFAULTS["patients"], metavar="N", help="patients"
+    )
+    ct.add_argument(
+        "--slices",
+        type=count,
+        default=CT_DEFAULTS["slices"],
+        metavar="N",
+        help="slices per series",
+    )
     ct.add_argument(
         "--size",
         type=size,
         default=CT_DEFAULTS["size"],
+        metavar="N",
         help=f"pixels per side, {_MIN_SIZE} to {_MAX_SIZE}",
     )
-    ct.add_argument("--seed", type=_int_at_least(0), default=CT_DEFAULTS["seed"])
+    ct.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=CT_DEFAULTS["seed"],
+        metavar="N",
+        help="random seed; the same seed writes the same data",
+    )
     ct.add_argument(
         "--dicom",
         action="store_true",
         help="write DICOM series (every variant: rescale intercepts and slopes, padding, "
         "compressed syntaxes, enhanced multi-frame, plus MR and broken files) instead of a store",
     )
-    nat = synth.add_parser("natural", help="synthetic natural-image proxy (NOT ImageNet)")
-    nat.add_argument("--out", required=True, help="store directory to write (resumable)")
-    nat.add_argument("--images", type=count, default=NATURAL_DEFAULTS["images"])
+    nat = synth.add_parser(
+        "natural",
+        help="synthetic natural-image proxy (NOT ImageNet)",
+        description="Procedural RGB images, each one coloured object (a shape or texture "
+        "class) in front of a cluttered scene: a stand-in for a natural-image dataset, NOT "
+        "ImageNet.",
+    )
+    nat.add_argument(
+        "--out", required=True, metavar="DIR", help="store directory to write (resumable)"
+    )
+    nat.add_argument(
+        "--images", type=count, default=NATURAL_DEFAULTS["images"], metavar="N", help="images"
+    )
     nat.add_argument(
         "--classes",
         type=_int_at_least(2, len(NATURAL_CLASSES)),
         default=NATURAL_DEFAULTS["classes"],
-        help=f"2 to {len(NATURAL_CLASSES)}",
+        metavar="N",
+        help=f"object classes, 2 to {len(NATURAL_CLASSES)}",
     )
     nat.add_argument(
         "--size",
         type=size,
         default=NATURAL_DEFAULTS["size"],
+        metavar="N",
         help=f"pixels per side, {_MIN_SIZE} to {_MAX_SIZE}",
     )
-    nat.add_argument("--seed", type=_int_at_least(0), default=NATURAL_DEFAULTS["seed"])
+    nat.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=NATURAL_DEFAULTS["seed"],
+        metavar="N",
+        help="random seed; the same seed writes the same data",
+    )
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("ingest", help="turn a CT archive or an ImageFolder into a store")
+    p = sub.add_parser(
+        "ingest",
+        help="turn a CT archive or an ImageFolder into a store",
+        description="Read CT series (DICOM, NIfTI) or an ImageFolder once into a store: "
+        "sharded, checksummed arrays that pretrain and eval read fast. Unusable files are "
+        "skipped and listed with their reason; an interrupted ingest resumes.",
+    )
     ing = p.add_subparsers(dest="kind", metavar="KIND", required=True)
-    ict = ing.add_parser("ct", help="DICOM series and NIfTI volumes -> int16 HU store")
+    ict = ing.add_parser(
+        "ct",
+        help="DICOM series and NIfTI volumes -> int16 HU store",
+        description="DICOM series and NIfTI volumes -> an int16 HU store, one row per "
+        "slice, resized to --size; patient, study and series identifiers become keyed "
+        "hashes (the secret never goes into the store).",
+    )
     ict.add_argument(
-        "src", nargs="+", help="directories and/or files; @LIST reads paths from a text file"
+        "src",
+        nargs="+",
+        metavar="SRC",
+        help="directories and/or files; @LIST reads paths from a text file",
     )
     ict.add_argument(
         "--secret",
+        metavar="FILE",
         help="pseudonymisation secret file (default $RADENGINE_SECRET or "
         "~/.config/radengine/secret, created if missing; never inside the store)",
     )
-    iim = ing.add_parser("images", help="ImageFolder (ROOT/<class>/<image>) -> uint8 RGB store")
-    iim.add_argument("src", nargs=1, help="the ImageFolder root")
+    iim = ing.add_parser(
+        "images",
+        help="ImageFolder (ROOT/<class>/<image>) -> uint8 RGB store",
+        description="An ImageFolder (ROOT/<class>/<image>, e.g. ImageNet's train folder) "
+        "-> a uint8 RGB store with the class labels, resized to --size.",
+    )
+    iim.add_argument("src", nargs=1, metavar="ROOT", help="the ImageFolder root")
     for q, size in ((ict, 256), (iim, 224)):
-        q.add_argument("--out", required=True, help="store directory (an unfinished one resumes)")
+        q.add_argument(
+            "--out",
+            required=True,
+            metavar="DIR",
+            help="store directory (an unfinished one resumes)",
+        )
         q.add_argument(
             "--size",
             type=_int_at_least(8),
             default=size,
+            metavar="N",
             help=f"pixels per side, >= 8 (default {size})",
         )
         q.add_argument(
-            "--workers", type=_int_at_least(1), default=None, help="processes (default: all cores)"
+            "--workers",
+            type=_int_at_least(1),
+            default=None,
+            metavar="N",
+            help="processes (default: all cores)",
         )
         q.add_argument(
             "--shard-slices",
             type=_int_at_least(1),
             default=None,
+            metavar="N",
             help="slices per shard (default: 1/64 of the input, 64 to 1024)",
         )
     p.set_defaults(func=_cmd_ingest)
 
-    p = sub.add_parser("store", help="inspect or verify a store")
+    p = sub.add_parser(
+        "store",
+        help="inspect or verify a store",
+        description="Inspect a store (an unfinished one is reported on, not refused) or "
+        "verify every shard's checksum.",
+    )
     store = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    si = store.add_parser("info", help="counts, classes, patients, bytes")
-    si.add_argument("store")
-    si.add_argument("--json", action="store_true")
-    sv = store.add_parser("verify", help="check every checksum; exit 1 on any problem")
-    sv.add_argument("store")
+    si = store.add_parser(
+        "info",
+        help="counts, classes, patients, bytes",
+        description="What a store holds: kind, finished or not, slices, shards, bytes, "
+        "patients, series, arrays and classes.",
+    )
+    si.add_argument("store", metavar="STORE", help="the store directory")
+    si.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    sv = store.add_parser(
+        "verify",
+        help="check every checksum; exit 1 on any problem",
+        description="Read every shard and check its checksum against the manifest; one "
+        "FAIL line per problem and exit 1 on any, exit 0 when all match.",
+    )
+    sv.add_argument("store", metavar="STORE", help="the store directory")
     p.set_defaults(func=_cmd_store)
 
     p = sub.add_parser(
         "pretrain",
         help="self-supervised pretraining (SimCLR) on a store; no --data: built-in synthetic set",
         description="Pretrain an encoder. Config: defaults, then --config YAML, then these "
-        "flags, then key=value overrides (e.g. optim.epochs=10 model.arch=resnet50). "
-        "Run under torchrun for several GPUs or nodes.",
+        "flags, then key=value overrides (e.g. optim.epochs=10 model.arch=resnet50); "
+        "--print-config shows the result. Run under torchrun for several GPUs or nodes.",
     )
     p.add_argument("--domain", choices=["ct", "natural"], help="data domain (default: ct)")
     p.add_argument(
@@ -396,21 +595,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="YAML", help="experiment config, e.g. experiments/pretrain/")
     p.add_argument("--resume", metavar="RUN", help="run folder or checkpoint to continue exactly")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<run name>)")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device", metavar="DEVICE", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument(
         "--tracking", metavar="URI|none", help="MLflow tracking URI, or none to log nothing"
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML and exit: nothing runs, no file or MLflow "
+        "run is made",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides (names: radengine list); values are YAML",
+    )
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser(
         "bench",
         help="benchmarks: `bench pipeline` = pretraining img/s and data wait, ours vs the "
         "study's DataLoader + per-sample transforms",
+        description="Benchmarks. pipeline: end-to-end SimCLR pretraining throughput (img/s) "
+        "and data-wait fraction of radengine's pipeline against a study-style baseline "
+        "(DataLoader + per-sample CPU transforms); its options: radengine bench pipeline "
+        "--help.",
     )
-    p.add_argument("what", choices=["pipeline"], help="which benchmark")
+    p.add_argument("what", choices=["pipeline"], metavar="BENCHMARK", help="pipeline")
     p.add_argument(
-        "args", nargs=argparse.REMAINDER, help="its options (radengine bench pipeline --help)"
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="OPTIONS",
+        help="the benchmark's options (radengine bench pipeline --help)",
     )
     p.set_defaults(func=_cmd_bench)
 
@@ -460,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show all of the server's output (start-up logs and warnings included)",
     )
     p.set_defaults(func=_cmd_ui)
+    _describe_subcommands(parser)
     return parser
 
 

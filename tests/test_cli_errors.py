@@ -191,6 +191,19 @@ CASES: list[Case] = [
         "optim.epochs",
     ),
     _case("pretrain", "bad value", "pretrain --tracking none optim.epochs=many", "optim.epochs"),
+    _case(
+        "pretrain",
+        "print-config with a key typo",
+        "pretrain --print-config optim.epoch=3",
+        "optim.epoch",
+        "optim.epochs",
+    ),
+    _case(
+        "pretrain",
+        "print-config with a bad value",
+        "pretrain --print-config optim.epochs=0",
+        "optim.epochs",
+    ),
     _case("pretrain", "bad YAML", "pretrain --tracking none --config {bad_yaml}", "{bad_yaml}"),
     _case(
         "pretrain",
@@ -276,6 +289,12 @@ CASES: list[Case] = [
                 f"eval {p}",
                 "config key typo",
                 f"eval {p} {TRACKING_NONE} --init scratch --data {{store}} {p}.epochz=3",
+                f"{p}.epochz",
+            ),
+            _case(
+                f"eval {p}",
+                "print-config with a key typo",
+                f"eval {p} --print-config {p}.epochz=3",
                 f"{p}.epochz",
             ),
             _case(
@@ -388,7 +407,17 @@ CASES: list[Case] = [
         "analyze embed --tracking none --init {missing}.pt --data {store}",
         "{missing}.pt",
     ),
-    # ------------------------------------------------------------------ ui
+    # ------------------------------------------------------------------ list
+    _case(
+        "list",
+        "unknown kind",
+        "list nope",
+        "'nope'",
+        "methods, archs, presets, windows, tasks, configs",
+    ),
+    _case("list", "kind typo", "list method", "'method'", "did you mean 'methods'?"),
+    _case("list", "unknown option", "list --jsn", "--jsn"),
+    # ------------------------------------------------------------------ study
     _case("study run", "missing spec", "study run {missing}.yaml --dry-run", "{missing}.yaml"),
     _case("study run", "bad YAML", "study run {bad_yaml} --dry-run", "{bad_yaml}"),
     _case(

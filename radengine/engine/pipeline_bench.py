@@ -143,16 +143,29 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "radengine's pipeline against a study-style baseline (DataLoader + per-sample CPU "
         "transforms) at the same model, batch, image size and worker count.",
     )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--arch", help="backbone (default resnet18 on CPU, resnet50 on CUDA)")
-    p.add_argument("--size", type=int, help="view size in pixels (default 96 CPU / 224 CUDA)")
-    p.add_argument("--batch", type=int, help="global batch (default 64 CPU / 256 CUDA)")
-    p.add_argument("--steps", type=int, help="measured steps (default 8 CPU / 30 CUDA)")
-    p.add_argument("--warmup", type=int, help="steps dropped first (default 2 CPU / 5 CUDA)")
+    p.add_argument(
+        "--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda or cuda:N"
+    )
+    p.add_argument(
+        "--arch", metavar="ARCH", help="backbone (default resnet18 on CPU, resnet50 on CUDA)"
+    )
+    p.add_argument(
+        "--size", type=int, metavar="N", help="view size in pixels (default 96 CPU / 224 CUDA)"
+    )
+    p.add_argument(
+        "--batch", type=int, metavar="N", help="global batch (default 64 CPU / 256 CUDA)"
+    )
+    p.add_argument(
+        "--steps", type=int, metavar="N", help="measured steps (default 8 CPU / 30 CUDA)"
+    )
+    p.add_argument(
+        "--warmup", type=int, metavar="N", help="steps dropped first (default 2 CPU / 5 CUDA)"
+    )
     p.add_argument(
         "--workers",
         type=int,
         default=None,
+        metavar="N",
         help=f"DataLoader workers, the same for both (default min(8, cores) = "
         f"{default_workers()} here)",
     )
@@ -179,7 +192,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="also time the parts in isolation: store gather, radengine's batched "
                    "augmentation, the baseline's per-sample transforms, the model step")  # fmt: skip
     p.add_argument("--csv", type=Path, metavar="PATH", help="append rows (shared schema) here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     return p
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from radengine.eval.config import EvalConfig
 
 __all__ = ["add_parsers"]
 
@@ -32,11 +36,15 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The resolved EvalConfig of an ``eval PROTOCOL`` command line (defaults, --config,
+    flags, overrides); reads only YAML.
+
+    Raises:
+        radengine.config.ConfigError: a bad key or value, or a config for another protocol.
+    """
     from radengine.config import ConfigError
     from radengine.eval.config import load_eval_config
-    from radengine.eval.run import evaluate
-    from radengine.fmt import percent
 
     base: dict = {"protocol": args.protocol}
     if args.init is not None:
@@ -80,6 +88,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"config key 'protocol' is {cfg.protocol!r} but the command is `eval {args.protocol}`"
         )
+    return cfg
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    cfg = _eval_config(args)
+    if args.print_config:
+        from radengine.cli import print_output
+        from radengine.eval.config import dump_yaml
+
+        print_output(dump_yaml(cfg))
+        return 0
+    from radengine.eval.run import evaluate
+    from radengine.fmt import percent
+
     result = evaluate(cfg)
     primary = result.primary
     values = result.primary_values()
@@ -183,6 +205,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--out", metavar="DIR", help="results folder (default runs/eval/<name>)")
         q.add_argument(
             "--tracking", metavar="URI|none", help="MLflow tracking URI, or none to log nothing"
+        )
+        q.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the resolved config as YAML and exit: nothing runs, no file or "
+            "MLflow run is made",
         )
         q.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         q.set_defaults(func=_cmd_eval, protocol=name)
