@@ -225,16 +225,11 @@ def _cmd_store(args: argparse.Namespace) -> int:
 
 
 def print_output(text: str) -> None:
-    """Write a command's whole output (a listing, a config) to stdout. A reader that stops
-    early (``radengine list | head``) ends the output quietly, not with a BrokenPipeError:
-    stdout then points at /dev/null, so the flush at exit has nowhere to fail."""
-    import os
-
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    """Write a command's whole output (a listing, a config) to stdout, flushed: a reader
+    that stops early (``radengine list | head``) raises BrokenPipeError here, inside
+    :func:`run_command`, which ends the command quietly."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -722,7 +717,8 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         args: Its parsed arguments.
 
     Returns:
-        The subcommand's exit code; 2 for an expected failure; 130 for Ctrl-C.
+        The subcommand's exit code; 2 for an expected failure; 130 for Ctrl-C; 141 when
+        the reader of stdout went away (a pipe into ``head``).
     """
     from radengine.errors import UserError, describe_os_error, is_environment_os_error
 
@@ -731,6 +727,13 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader stopped early (`radengine info | head -3`): end quietly, with stdout
+        # on /dev/null so the flush at exit has nowhere to fail; 141 as a shell's SIGPIPE.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if not is_environment_os_error(exc):
             raise

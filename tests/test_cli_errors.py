@@ -16,6 +16,7 @@ import argparse
 import errno
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -664,3 +665,17 @@ def test_bugs_keep_their_traceback_and_ctrl_c_is_130(capsys):
             run_command(_raiser(bug), argparse.Namespace())
     assert run_command(_raiser(KeyboardInterrupt()), argparse.Namespace()) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["info"], ["list"], ["study", "list"]])
+def test_a_reader_that_stops_early_gets_no_traceback(args):
+    """`radengine info | head -1`: the closed pipe ends the command quietly (any command
+    that prints more than the reader takes), not with a BrokenPipeError traceback."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "radengine.cli", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes (it imports first)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
