@@ -69,6 +69,13 @@ class UiError(UserError, RuntimeError):
     """The MLflow UI cannot be served: mlflow missing, port in use, server failed to start."""
 
 
+# MLflow 3.x's UI opens experiments in its GenAI view (traces, token usage) until the user
+# flips its "Model training" switch, which it keeps in the browser; the experiment tag
+# mlflow.experimentKind does not choose the view (3.17). This route opens the experiment
+# list in the training view, where radengine's runs are.
+TRAINING_VIEW = "/#/experiments?workflowType=machine_learning"
+
+
 def url(host: str, port: int) -> str:
     """The address to open in a browser for a server bound to ``host:port``.
 
@@ -310,7 +317,9 @@ def serve(
             if _accepts(host, port):
                 output.go_live()
                 print(
-                    f"MLflow UI: open {url(host, port)}   (Ctrl-C stops it)", file=say, flush=True
+                    f"MLflow UI: open {url(host, port)}{TRAINING_VIEW}   (Ctrl-C stops it)",
+                    file=say,
+                    flush=True,
                 )
                 break
             if not slow_said and time.monotonic() - start > SLOW_START_S:

@@ -964,7 +964,8 @@ def make_figure(table: TransferTable, title: str = "transfer table") -> Figure:
     ncols = min(3, len(table.columns))
     nrows = math.ceil(len(table.columns) / ncols)
     width = max(3.2, 0.55 * len(table.rows) + 1.6)
-    fig = Figure(figsize=(width * ncols, 3.6 * nrows + 0.9), layout="constrained")
+    # at least 6.5 in wide: the two-line title must fit over a one-column table
+    fig = Figure(figsize=(max(width * ncols, 6.5), 3.6 * nrows + 0.9), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colours = [f"C{i % 10}" for i in range(len(table.rows))]
     k = table.scale
