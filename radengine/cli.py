@@ -303,9 +303,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         from radengine.tracking import tracking_uri
 
         lines.append(f"  MLflow run     {result.run_id} at {tracking_uri(cfg.tracking.uri)}")
+        if result.artifact_uri:
+            lines.append(f"  MLflow files   {result.artifact_uri}")
         if result.model_uri:
             lines.append(f"  encoder model  {result.model_uri}")
-        lines.append("  open it with   radengine ui   (then http://127.0.0.1:5000)")
+        lines.append("  open it with   radengine ui   (it prints the URL to open)")
     print("\n".join(lines))
     return 0
 

@@ -175,7 +175,7 @@ class TrainConfig:
     precision: str = (
         "auto"  # auto (bf16 on CUDA and bf16-capable CPUs, else fp32) | fp32 | bf16 | fp16
     )
-    out: str | None = None  # None: runs/pretrain-<domain>-<time>
+    out: str | None = None  # None: runs/<method>-<arch>-<domain>-<time>
     checkpoint_every: int = 500  # steps; checkpoints are also written at the end
     keep_checkpoints: int = 2
     log_every: int = 10  # steps
@@ -208,7 +208,7 @@ class TrackingConfig:
     experiment: str = "radengine-pretrain"
     run_name: str | None = None
     registered_name: str | None = None  # register the final encoder under this name
-    log_checkpoints: bool = True
+    log_checkpoints: bool = False  # also upload every checkpoint to MLflow (docs/files.md)
     log_model: bool = True
     system_metrics: bool = True
     tags: dict[str, str] = field(default_factory=dict)  # extra tags of the run

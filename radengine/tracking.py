@@ -48,7 +48,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -62,8 +62,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
-# MLflow 3 opens an experiment in its GenAI view (traces, latency, token usage) unless the
-# experiment says what it holds; radengine's hold training and evaluation runs.
+# What radengine's experiments hold (training and evaluation runs), for MLflow and its API.
+# The 3.17 UI does not choose its view from this tag (its "Model training" switch, kept in the
+# browser, does): `radengine ui` prints the URL of the training view (radengine.ui).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 INSTALL_HINT = 'pip install "radengine[tracking]"  (or: pip install "mlflow>=3")'
 
@@ -635,6 +636,32 @@ class Tracker:
             self._client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def prune_artifacts(self, folder: str, keep: Collection[str]) -> list[str]:
+        """Delete the files directly in the run's artifact ``folder`` whose names are not in
+        ``keep`` (the checkpoints the run folder no longer keeps), so the run holds what the
+        run folder holds. Returns the artifact paths deleted. Never raises for a store that
+        cannot delete: it logs a warning and leaves the files."""
+        if not self.enabled:
+            return []
+        self._require_run()
+        stale = [
+            f.path
+            for f in self._client.list_artifacts(self.run_id, folder)
+            if not f.is_dir and f.path.rsplit("/", 1)[-1] not in keep
+        ]
+        if not stale:
+            return []
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            repo = get_artifact_repository(self.artifact_uri, tracking_uri=self.uri)
+            for path in stale:
+                repo.delete_artifacts(path)
+        except Exception as e:  # an old checkpoint left in the store never fails a job
+            _log.warning("could not delete MLflow artifacts %s: %s", ", ".join(stale), e)
+            return []
+        return stale
 
     def log_dict(self, obj: Mapping, filename: str) -> None:
         """Save ``obj`` (e.g. the resolved config) as the artifact ``filename``: YAML for

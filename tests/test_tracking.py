@@ -195,6 +195,9 @@ def test_run_params_tags_metrics_dataset_artifacts(store, tmp_path):
     assert run.info.status == "RUNNING" and run.info.run_name == "pretrain-simclr"
     assert client.get_experiment(run.info.experiment_id).name == "study-a"
     assert tr.experiment_id == run.info.experiment_id
+    # artifacts go under ./mlruns (the working directory's) unless the experiment says otherwise
+    assert tr.artifact_uri == run.info.artifact_uri
+    assert Path(tr.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path / "mlruns")
     assert run.data.params == {
         "model.arch": "resnet18",
         "model.dims": "[64, 128]",
@@ -270,6 +273,27 @@ def test_run_params_tags_metrics_dataset_artifacts(store, tmp_path):
     assert out.read_text() == "hello"
     out = Path(client.download_artifacts(run_id, "reports/r.txt", str(tmp_path)))
     assert out.read_text() == "report"
+
+
+def test_prune_artifacts_keeps_the_named_files(store, tmp_path):
+    tr = Tracker(store)
+    run_id = tr.start(system_metrics=False)
+    for name in ("step-1.pt", "step-2.pt", "step-3.pt"):
+        (tmp_path / name).write_text(name)
+        tr.log_artifact(tmp_path / name, "checkpoints")
+    tr.log_artifact(tmp_path / "step-1.pt")  # outside the folder: untouched
+    assert tr.prune_artifacts("checkpoints", keep={"step-3.pt"}) == [
+        "checkpoints/step-1.pt",
+        "checkpoints/step-2.pt",
+    ]
+    assert tr.prune_artifacts("checkpoints", keep={"step-3.pt"}) == []
+    client = _client(store)
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
+        "checkpoints/step-3.pt"
+    ]
+    assert {a.path for a in client.list_artifacts(run_id)} == {"checkpoints", "step-1.pt"}
+    assert Tracker(store, enabled=False).prune_artifacts("checkpoints", keep=()) == []
+    tr.finish()
 
 
 def test_metrics_flush_on_time_and_in_batches(store):

@@ -123,6 +123,9 @@ class PretrainResult:
     not finished, no encoder.pt was written, and ``--resume out`` continues it.
     ``resume_changes``: the remedy keys changed on resumes, as
     ``{"step": N, "changes": {key: [old, new]}}`` entries.
+    ``tracking_uri`` and ``artifact_uri``: where MLflow keeps the run (its store, and the
+    folder or URI of its artifacts: config.yaml, checkpoints with tracking.log_checkpoints;
+    the logged model sits under the experiment's artifact location); None untracked.
     """
 
     out: Path
@@ -141,6 +144,8 @@ class PretrainResult:
     loss_label: str = "no step run"
     preempted: bool = False
     resume_changes: list[dict[str, Any]] = field(default_factory=list)
+    tracking_uri: str | None = None
+    artifact_uri: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -735,7 +740,14 @@ class _Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise PretrainError(f"checkpoint format {state.get('format')} is not supported")
         self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:  # None: written at the end of the schedule
+            self.optimizer.load_state_dict(state["optimizer"])
+        elif state["state"]["step"] < self.total_steps:
+            raise PretrainError(
+                f"the checkpoint at step {state['state']['step']} holds no optimizer state "
+                f"(written at the end of its schedule) but this config runs "
+                f"{self.total_steps} steps; start a new run from its encoder instead"
+            )
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
@@ -812,7 +824,10 @@ class _Trainer:
         payload = {
             "format": CHECKPOINT_FORMAT,
             "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            # A checkpoint at the schedule's end drops the optimizer state (momentum: as large
+            # as the model): nothing is left to optimize, and the run's length cannot change on
+            # resume (optim.epochs is not resume-free). It halves a finished run's checkpoint.
+            "optimizer": self.optimizer.state_dict() if s.step < self.total_steps else None,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
@@ -834,7 +849,10 @@ class _Trainer:
             self.out / "checkpoints", s.step, payload, keep=self.cfg.train.keep_checkpoints
         )
         if self.cfg.tracking.log_checkpoints:
+            # the run keeps the checkpoints the run folder keeps (train.keep_checkpoints)
             self.tracker.log_artifact(path, "checkpoints")
+            kept = {p.name for p in checkpoint.find(self.out / "checkpoints")}
+            self.tracker.prune_artifacts("checkpoints", keep=kept)
         return path
 
     def _sane_checkpoint(self) -> tuple[Path, dict[str, float]] | None:
@@ -1237,6 +1255,8 @@ class _Trainer:
             loss_label=loss_label,
             preempted=status == "KILLED",
             resume_changes=list(s.resume_changes),
+            tracking_uri=self.tracker.uri if s.run_id else None,
+            artifact_uri=self.tracker.artifact_uri if s.run_id else None,
             extra={"step_times": step_times},
         )
         if self.dist.main:

@@ -82,16 +82,27 @@ def test_tracked_run_and_resume_in_mlflow(store, tmp_path, monkeypatch, capsys, 
     losses = client.get_metric_history(run_id, "train/loss")
     assert [m.step for m in losses] == [4]  # logged at the stop, though log_every is 10
     assert client.get_metric_history(run_id, "knn/accuracy")[0].step == 0
+    # checkpoints stay in the run folder only: by default none is uploaded to MLflow
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "checkpoints"} <= artifacts
-    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
-        "checkpoints/step-00000004.pt"
-    ]
+    assert artifacts == {"config.yaml"}
+    assert (out / "checkpoints" / "step-00000004.pt").is_file()
+    # summary.json says where MLflow keeps the run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert summary["artifact_uri"] == run.info.artifact_uri
 
     # resume: the same MLflow run continues; the final encoder is logged as a model. A
     # remedy for divergence may change on a resume: params are write-once, so the change is
-    # a tag and the first values stay the params
-    assert main([*args, "--resume", str(out), "train.max_steps=8", "optim.grad_clip=1.0"]) == 0
+    # a tag and the first values stay the params. tracking.* may change on a resume:
+    # tracking.log_checkpoints=true uploads the checkpoints from now on (steps 6 and 8), and
+    # the run keeps those the run folder keeps (train.keep_checkpoints=1: step 8)
+    resume = [*args, "--resume", str(out), "train.max_steps=8", "optim.grad_clip=1.0"]
+    keep_one = ["train.checkpoint_every=2", "train.keep_checkpoints=1"]
+    assert main([*resume, *keep_one, "tracking.log_checkpoints=true"]) == 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000008.pt"]
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
+        "checkpoints/step-00000008.pt"
+    ]
     runs = client.search_runs([run.info.experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
     assert json.loads(runs[0].data.tags["resume_changes"]) == [

@@ -103,6 +103,21 @@ def test_resume_continues_from_a_checkpoint_file(ct_store, tmp_path):
     ]
 
 
+def test_the_checkpoint_at_the_schedules_end_holds_no_optimizer_state(ct_store, tmp_path):
+    """A finished run's checkpoint drops the momentum (half its size: nothing is left to
+    optimize); resuming the finished run still works."""
+    out = tmp_path / "run"
+    short = ["data.fraction=0.3", "train.checkpoint_every=4"]
+    r = pretrain(_cfg(ct_store, out, *short))
+    last = checkpoint.find(out / "checkpoints")[-1]
+    state = checkpoint.load(last)
+    assert state["state"]["step"] == r.steps and state["optimizer"] is None
+    earlier = checkpoint.load(checkpoint.find(out / "checkpoints")[0])
+    assert earlier["state"]["step"] < r.steps and earlier["optimizer"] is not None
+    again = pretrain(_cfg(ct_store, out, *short), resume=str(out))
+    assert again.steps == r.steps
+
+
 def test_checkpoints_are_atomic_and_pruned(ct_store, tmp_path):
     out = tmp_path / "run"
     pretrain(_cfg(ct_store, out, "train.max_steps=9", "train.checkpoint_every=2"))
