@@ -1,4 +1,5 @@
-"""nox sessions: `nox` (lint + tests), `nox -s bench`, `nox -s gpu` (the GPU check, offline).
+"""nox sessions: `nox` (lint + tests), `nox -s bench`, `nox -s gpu` (the GPU check, offline),
+`nox -s docs` (the documentation site, strict).
 
 Sessions see the interpreter's site-packages so an installed torch (CPU or CUDA) is reused;
 where there is none, RADENGINE_TORCH (default torch==2.13.0, the CPU wheel) is installed
@@ -42,6 +43,22 @@ def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+DOCS_REQUIREMENTS = ("mkdocs==1.6.1", "mkdocs-material==9.8.2")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (MkDocs, Material theme) into site/ in strict mode: a
+    broken link or anchor, or a page missing from the nav, fails. `nox -s docs -- serve`
+    serves it on http://127.0.0.1:8000 instead."""
+    session.install(*DOCS_REQUIREMENTS)
+    session.env["NO_MKDOCS_2_WARNING"] = "1"  # Material's end-of-life banner
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", "--strict", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session(venv_params=VENV)
