@@ -343,7 +343,10 @@ def _from_run(run: Any, uri: str, source: str, echo: Callable[[str], None]) -> I
         if not arts:
             raise EvalError(
                 f"--init {source}: run {run_id} has no run folder here ({folder}), no encoder "
-                "model and no checkpoint artifacts: nothing to load"
+                "model and no checkpoint artifacts: nothing to load. Evaluate it where its "
+                "run folder is, or give --init that folder; runs pretrained with "
+                "tracking.log_model=true (the default) or tracking.log_checkpoints=true can be "
+                "evaluated anywhere their MLflow store is"
             )
         local = client.download_artifacts(run_id, arts[-1])
         state = _load_file(Path(local))["model"]

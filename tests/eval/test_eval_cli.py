@@ -49,7 +49,10 @@ def tracked(tmp_path_factory, ct_store):
     torch.set_num_threads(1)
     try:
         args = ["pretrain", "--data", str(ct_store), "--out", str(folder / "run")]
-        assert main([*args, "--tracking", uri, *TINY_PRETRAIN]) == 0
+        # checkpoints logged (off by default) so that a run whose folder is gone still loads
+        assert (
+            main([*args, "--tracking", uri, *TINY_PRETRAIN, "tracking.log_checkpoints=true"]) == 0
+        )
     finally:
         torch.set_num_threads(before)
     client = mlflow.MlflowClient(uri)
