@@ -13,6 +13,13 @@ A write that fails (no space left, quota, permissions) removes its temporary fil
 previous checkpoints stay the run's last good state and nothing half-written is left behind.
 When the disk has no room for a new checkpoint next to the keep-set, the checkpoints it
 makes surplus are deleted first (:func:`save`), so a run needs room for ``keep`` of them.
+
+The checkpoint written at the end of a run's schedule does not repeat the encoder's weights:
+they are in the run's ``encoder.pt`` (written first), and the checkpoint names that file
+(``encoder_file``, relative to the run folder) and the prefix of its keys in the model
+(``encoder_prefix``). :func:`load` puts them back, so every reader sees a whole model; a
+checkpoint whose encoder.pt is gone is unusable and says so (``latest`` then falls back to
+the previous checkpoint).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from radengine.errors import UserError, describe_os_error
 
 __all__ = [
     "CheckpointError",
+    "attach_encoder",
     "atomic_write",
     "find",
     "latest",
@@ -165,7 +173,32 @@ def load(path: str | Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{path} is not a radengine training checkpoint")
+    if state.get("encoder_file"):
+        attach_encoder(state, path.parent.parent / state["encoder_file"], path)
     return state
+
+
+def attach_encoder(state: dict[str, Any], encoder: str | Path, path: str | Path) -> None:
+    """Put the encoder's weights, kept in ``encoder`` (the run's encoder.pt), back into the
+    model of checkpoint ``state`` (read from ``path``), in place."""
+    encoder = Path(encoder)
+    if not encoder.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} keeps its encoder's weights in {encoder}, which is missing; "
+            "copy or keep the run folder whole (encoder.pt next to checkpoints/)"
+        )
+    try:
+        weights = torch.load(encoder, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{encoder}, which holds the encoder of checkpoint {path}, cannot be read "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    prefix = state.pop("encoder_prefix", "")
+    state.pop("encoder_file", None)
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{encoder} is not an encoder state dict")
+    state["model"] = {**{prefix + k: v for k, v in weights.items()}, **state["model"]}
 
 
 def latest(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:

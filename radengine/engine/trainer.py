@@ -821,13 +821,26 @@ class _Trainer:
         self._losses_since_checkpoint = []
         if not self.dist.main:
             return None
+        end = s.step >= self.total_steps
+        model = self.module.state_dict()
+        encoder_keys: dict[str, str] = {}
+        if end:
+            # The schedule's end: encoder.pt is written first and the checkpoint refers to it
+            # for the encoder's weights (checkpoint.load puts them back), so a finished run
+            # keeps them once. A signal at the last step still finishes the run, so this
+            # encoder.pt is never removed as a preempted run's would be.
+            prefix = self._encoder_prefix()
+            checkpoint.atomic_write(self.out / "encoder.pt", _state_bytes(self.module.encoder))
+            model = {k: v for k, v in model.items() if not k.startswith(prefix)}
+            encoder_keys = {"encoder_file": "encoder.pt", "encoder_prefix": prefix}
         payload = {
             "format": CHECKPOINT_FORMAT,
-            "model": self.module.state_dict(),
+            "model": model,
+            **encoder_keys,
             # A checkpoint at the schedule's end drops the optimizer state (momentum: as large
             # as the model): nothing is left to optimize, and the run's length cannot change on
-            # resume (optim.epochs is not resume-free). It halves a finished run's checkpoint.
-            "optimizer": self.optimizer.state_dict() if s.step < self.total_steps else None,
+            # resume (optim.epochs is not resume-free).
+            "optimizer": None if end else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
@@ -850,10 +863,19 @@ class _Trainer:
         )
         if self.cfg.tracking.log_checkpoints:
             # the run keeps the checkpoints the run folder keeps (train.keep_checkpoints)
+            if end:  # and the encoder.pt its final checkpoint refers to
+                self.tracker.log_artifact(self.out / "encoder.pt")
             self.tracker.log_artifact(path, "checkpoints")
             kept = {p.name for p in checkpoint.find(self.out / "checkpoints")}
             self.tracker.prune_artifacts("checkpoints", keep=kept)
         return path
+
+    def _encoder_prefix(self) -> str:
+        """The prefix of the encoder's keys in the module's state dict (``backbone.``)."""
+        for name, child in self.module.named_children():
+            if child is self.module.encoder:
+                return name + "."
+        raise RuntimeError(f"{type(self.module).__name__}.encoder is not one of its children")
 
     def _sane_checkpoint(self) -> tuple[Path, dict[str, float]] | None:
         """The newest kept checkpoint that looks sane (see SANE_FACTOR) and its record."""
@@ -1225,7 +1247,7 @@ class _Trainer:
             encoder = self.module.encoder
             if status == "KILLED":
                 (self.out / "encoder.pt").unlink(missing_ok=True)
-            else:
+            elif s.step < self.total_steps:  # at the schedule's end the checkpoint wrote it
                 checkpoint.atomic_write(self.out / "encoder.pt", _state_bytes(encoder))
             if cfg.tracking.log_model and status != "KILLED":
                 example = np.zeros(

@@ -129,6 +129,19 @@ def _load_file(path: Path) -> Any:
         ) from None
 
 
+def _attach_encoder(data: dict[str, Any], encoder: Path, path: Path) -> None:
+    """A checkpoint written at the end of its schedule keeps its encoder in the run's
+    encoder.pt (radengine.engine.checkpoint); put it back, or say what is missing."""
+    if not data.get("encoder_file"):
+        return
+    from radengine.engine import checkpoint
+
+    try:
+        checkpoint.attach_encoder(data, encoder, path)
+    except checkpoint.CheckpointError as exc:
+        raise EvalError(f"--init {path}: {exc}") from None
+
+
 def _read_config(folder: Path) -> dict[str, Any] | None:
     path = folder / "config.yaml"
     if not path.is_file():
@@ -220,6 +233,7 @@ def _run_id_of_folder(folder: Path) -> str | None:
 def _from_file(path: Path, source: str, fmt: str) -> Init:
     data = _load_file(path)
     if isinstance(data, Mapping) and "format" in data and "model" in data and "config" in data:
+        _attach_encoder(data, path.parent.parent / str(data.get("encoder_file", "")), path)
         cfg = data["config"]
         run_id = (data.get("state") or {}).get("run_id")
         return Init(
@@ -348,8 +362,16 @@ def _from_run(run: Any, uri: str, source: str, echo: Callable[[str], None]) -> I
                 "tracking.log_model=true (the default) or tracking.log_checkpoints=true can be "
                 "evaluated anywhere their MLflow store is"
             )
-        local = client.download_artifacts(run_id, arts[-1])
-        state = _load_file(Path(local))["model"]
+        local = Path(client.download_artifacts(run_id, arts[-1]))
+        data = _load_file(local)
+        if data.get("encoder_file"):  # the final checkpoint: its encoder is the run's encoder.pt
+            try:
+                encoder = Path(client.download_artifacts(run_id, str(data["encoder_file"])))
+            except Exception as exc:  # MLflow's own error for an artifact it does not hold
+                encoder = Path(str(data["encoder_file"]))
+                echo(f"run {run_id} has no {encoder} artifact ({type(exc).__name__})")
+            _attach_encoder(data, encoder, local)
+        state = data["model"]
     return Init(
         kind="run",
         source=source,

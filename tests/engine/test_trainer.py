@@ -103,19 +103,39 @@ def test_resume_continues_from_a_checkpoint_file(ct_store, tmp_path):
     ]
 
 
-def test_the_checkpoint_at_the_schedules_end_holds_no_optimizer_state(ct_store, tmp_path):
-    """A finished run's checkpoint drops the momentum (half its size: nothing is left to
-    optimize); resuming the finished run still works."""
+def test_the_checkpoint_at_the_schedules_end_holds_neither_optimizer_nor_encoder(
+    ct_store, tmp_path
+):
+    """A finished run's checkpoint drops the momentum (nothing is left to optimize) and
+    refers to encoder.pt for the encoder's weights, so they are on disk once; loading it gives
+    the whole model back, and resuming the finished run still works."""
     out = tmp_path / "run"
     short = ["data.fraction=0.3", "train.checkpoint_every=4"]
     r = pretrain(_cfg(ct_store, out, *short))
-    last = checkpoint.find(out / "checkpoints")[-1]
+    first, last = checkpoint.find(out / "checkpoints")
+    raw = torch.load(last, weights_only=True)
+    assert raw["encoder_file"] == "encoder.pt" and raw["encoder_prefix"] == "backbone."
+    assert not any(k.startswith("backbone.") for k in raw["model"])
+    assert last.stat().st_size < 0.5 * (out / "encoder.pt").stat().st_size
     state = checkpoint.load(last)
     assert state["state"]["step"] == r.steps and state["optimizer"] is None
-    earlier = checkpoint.load(checkpoint.find(out / "checkpoints")[0])
+    earlier = checkpoint.load(first)
     assert earlier["state"]["step"] < r.steps and earlier["optimizer"] is not None
+    assert state["model"].keys() == earlier["model"].keys()  # the whole model, as before
+    for k, v in _weights(out).items():
+        torch.testing.assert_close(state["model"][f"backbone.{k}"], v, rtol=0, atol=0)
     again = pretrain(_cfg(ct_store, out, *short), resume=str(out))
     assert again.steps == r.steps
+    assert checkpoint.load(last)["model"].keys() == earlier["model"].keys()
+
+    # without its encoder.pt the final checkpoint is unusable, says why, and resume falls
+    # back to the one before it
+    (out / "encoder.pt").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"encoder\.pt, which is missing"):
+        checkpoint.load(last)
+    with pytest.warns(UserWarning, match="keeps its encoder"):
+        path, _ = checkpoint.latest(out / "checkpoints")
+    assert path == first
 
 
 def test_checkpoints_are_atomic_and_pruned(ct_store, tmp_path):

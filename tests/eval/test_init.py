@@ -128,3 +128,28 @@ def test_weights_of_another_architecture_are_refused(gen, tmp_path):
         resolve_init(str(bad), uri=URI)
     with pytest.raises(EvalError, match="no tracking store"):
         resolve_init("0123456789abcdef0123456789abcdef", uri=URI)
+
+
+def test_a_final_checkpoint_reads_its_encoder_from_the_run_folder(gen, tmp_path):
+    """The checkpoint at a schedule's end keeps the encoder in the run's encoder.pt; as an
+    --init file it is whole again, and without encoder.pt the error names the missing file."""
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+    ssl = SimCLR(_randomise(resnet18(num_classes=0), gen), proj_dim=16)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "step-00000008.pt"
+    slim = {k: v for k, v in ssl.state_dict().items() if not k.startswith("backbone.")}
+    torch.save(
+        {
+            "format": 1, "model": slim, "encoder_file": "encoder.pt",
+            "encoder_prefix": "backbone.", "config": to_dict(PretrainConfig()), "state": {},
+        },
+        ckpt,
+    )  # fmt: skip
+    torch.save(ssl.backbone.state_dict(), run / "encoder.pt")
+    init, model, report = _resolve_build(ckpt, gen)
+    assert init.kind == "checkpoint" and _same(model, ssl.backbone, gen)
+    assert report.prefix == "backbone." and not report.missing
+    (run / "encoder.pt").unlink()
+    with pytest.raises(EvalError, match=r"step-00000008\.pt.*encoder\.pt, which is missing"):
+        _resolve_build(ckpt, gen)
