@@ -42,8 +42,8 @@ from radengine.errors import UserError, describe_os_error
 
 __all__ = [
     "CheckpointError",
-    "attach_encoder",
     "atomic_write",
+    "attach_encoder",
     "find",
     "latest",
     "load",
