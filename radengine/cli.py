@@ -192,6 +192,24 @@ def _cmd_store(args: argparse.Namespace) -> int:
 
     # inspect: an unfinished or empty store is reported on, not refused; a missing or
     # foreign one is a StoreError (exit 2, run_command)
+    if args.action == "upgrade":
+        import time
+
+        from radengine.data.store import upgrade
+
+        t0 = time.perf_counter()
+        done = upgrade(args.store)
+        if not done.get("rebuilt"):
+            print(f"{done['path']}: already format version {done['to']}, nothing to do")
+        elif done["from"] == done["to"]:
+            print(f"{done['path']}: its index could not be opened; rebuilt from the shards")
+        else:
+            print(
+                f"{done['path']}: format version {done['from']} -> {done['to']} "
+                f"({done['slices']} slices in {done['shards']} shards; the shards are "
+                f"unchanged), {time.perf_counter() - t0:.1f} s"
+            )
+        return 0
     store = Store(args.store, inspect=True)
     if args.action == "info":
         info = store.info()
@@ -211,6 +229,9 @@ def _cmd_store(args: argparse.Namespace) -> int:
             f"slices    {info['slices']} in {info['shards']} shards, {info['bytes'] / 1e6:.1f} MB"
         )
         print(f"patients  {info['patients']}, series {info['series']}")
+        print(f"format    version {info['version']}" + (
+            f" (`radengine store upgrade {info['path']}` makes opening it fast)"
+            if info["version"] != 2 else ""))  # fmt: skip
         print(f"arrays    {arrays}")
         print("classes   " + ", ".join(f"{k} {v}" for k, v in info["classes"].items()))
         return 0
@@ -556,9 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "store",
-        help="inspect or verify a store",
-        description="Inspect a store (an unfinished one is reported on, not refused) or "
-        "verify every shard's checksum.",
+        help="inspect, verify or upgrade a store",
+        description="Inspect a store (an unfinished one is reported on, not refused), "
+        "verify every shard's checksum, or upgrade a version-1 store's index.",
     )
     store = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     si = store.add_parser(
@@ -576,6 +597,16 @@ def build_parser() -> argparse.ArgumentParser:
         "FAIL line per problem and exit 1 on any, exit 0 when all match.",
     )
     sv.add_argument("store", metavar="STORE", help="the store directory")
+    su = store.add_parser(
+        "upgrade",
+        help="rewrite a version-1 store's index as version 2 (seconds; shards untouched)",
+        description="Rewrite the index of a finished version-1 store in format version 2 "
+        "(a consolidated manifest and memory-mapped index columns, so opening it reads a "
+        "handful of files and shares its index between processes). The shards are not "
+        "touched; a kill leaves the version-1 store readable and a rerun finishes the job. "
+        "A version-2 store is left as it is.",
+    )
+    su.add_argument("store", metavar="STORE", help="the store directory")
     p.set_defaults(func=_cmd_store)
 
     p = sub.add_parser(

@@ -155,7 +155,7 @@ CASES: list[Case] = [
     # ------------------------------------------------------------------ store
     *[
         c
-        for action in ("info", "verify")
+        for action in ("info", "verify", "upgrade")
         for c in (
             _case(f"store {action}", "missing", f"store {action} {{missing}}", "{missing}"),
             _case(f"store {action}", "empty folder", f"store {action} {{empty}}", "{empty}"),

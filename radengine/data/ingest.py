@@ -711,6 +711,6 @@ def _run(writer, units, skipped, shard_slices, pool, progress, t0, worker_fn, ar
         return summary
     store: Store = writer.finish()
     summary.slices = len(store)
-    summary.series = len(np.unique(store.index["series"])) if len(store) else 0
+    summary.series = len(store.keys("series")) if len(store) else 0
     summary.seconds = time.perf_counter() - t0
     return summary

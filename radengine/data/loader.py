@@ -10,6 +10,11 @@ Worker processes (torch DataLoader) gather whole batches straight from the memor
 shards; the main process receives raw int16 HU / uint8 RGB tensors (pinned if asked) and
 moves them to the device, where augmentation runs (radengine.ops). ``start_step`` resumes an
 epoch exactly where a checkpoint left it.
+
+A worker is sent only what it reads: per batch, the rows' shard, offset and label (the
+main process plans the epoch from the store's index). It holds no index of its own, so it
+starts in milliseconds with a few kilobytes whatever the store's size, and the workers
+live from the first epoch to :meth:`StoreLoader.close` (persistent workers).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from radengine.data.store import Store
+from radengine.data.store import ShardReader, Store
 
 
 def epoch_order(
@@ -140,26 +145,45 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Item i = the i-th planned batch, gathered from the store in a worker."""
+@dataclass(frozen=True)
+class BatchKey:
+    """One planned batch as a worker gets it: the store rows (for the batch's ``index``) and
+    where each one is (shard, offset), with its label (from the main process's index)."""
 
-    def __init__(self, store_path: str, batches: list[np.ndarray], arrays: tuple[str, ...]):
-        self.store_path = store_path
-        self.batches = batches
+    rows: np.ndarray
+    shards: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Item = a :class:`BatchKey`, gathered from the shards in a worker."""
+
+    def __init__(self, reader: ShardReader, arrays: tuple[str, ...]):
+        self.reader = reader
         self.arrays = arrays
-        self._store: Store | None = None
+
+    def __getitem__(self, key: BatchKey) -> dict[str, torch.Tensor]:
+        out = {
+            name: torch.from_numpy(self.reader.read(key.shards, key.offsets, name))
+            for name in self.arrays
+        }
+        out["label"] = torch.from_numpy(key.labels)
+        out["index"] = torch.from_numpy(key.rows)
+        return out
+
+
+class _Plan(torch.utils.data.Sampler):
+    """The keys of the epoch being read; set before each ``iter`` of the DataLoader."""
+
+    def __init__(self) -> None:
+        self.keys: list[BatchKey] = []
+
+    def __iter__(self) -> Iterator[BatchKey]:
+        return iter(self.keys)
 
     def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self._store is None:  # opened once per worker process
-            self._store = Store(self.store_path)
-        idx = self.batches[i]
-        out = {name: torch.from_numpy(self._store.images(idx, name)) for name in self.arrays}
-        out["label"] = torch.from_numpy(self._store.index["label"][idx].astype(np.int64))
-        out["index"] = torch.from_numpy(idx)
-        return out
+        return len(self.keys)
 
 
 class StoreLoader:
@@ -223,6 +247,8 @@ class StoreLoader:
         if unknown:
             raise ValueError(f"arrays {unknown} not in store {self.store.path}")
         self.arrays = tuple(arrays)
+        self._plan = _Plan()
+        self._loader: torch.utils.data.DataLoader | None = None
         if len(self.plan(0)) == 0:
             raise ValueError(
                 f"{len(self.indices)} samples make no batch of {batch_size} x {self.world_size} "
@@ -245,23 +271,56 @@ class StoreLoader:
         """Batches per epoch on this rank."""
         return len(self.plan(0))
 
+    def keys(self, epoch: int, start_step: int = 0) -> list[BatchKey]:
+        """What the workers are sent for ``epoch`` from batch ``start_step`` on."""
+        index = self.store.index
+        keys = []
+        for rows in self.plan(epoch).batches[start_step:]:
+            rows = np.asarray(rows, dtype=np.int64)
+            keys.append(
+                BatchKey(
+                    rows=rows,
+                    shards=np.asarray(index["shard"][rows]),
+                    offsets=np.asarray(index["offset"][rows]),
+                    labels=np.asarray(index["label"][rows]).astype(np.int64),
+                )
+            )
+        return keys
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """This rank's batches of ``epoch``, from batch ``start_step`` on (exact resume)."""
-        batches = self.plan(epoch).batches[start_step:]
-        if not batches:
+        """This rank's batches of ``epoch``, from batch ``start_step`` on (exact resume).
+
+        Start an epoch only after the previous one's iterator is exhausted or abandoned:
+        the workers are shared, and a new epoch discards what they still had in flight."""
+        keys = self.keys(epoch, start_step)
+        if not keys:
             return iter(())
-        dataset = _Batches(str(self.store.path), batches, self.arrays)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=None,
-            shuffle=False,
-            num_workers=self.workers,
-            pin_memory=self.pin_memory,
-            prefetch_factor=self.prefetch if self.workers > 0 else None,
-            persistent_workers=False,
-            worker_init_fn=_worker_init if self.workers > 0 else None,
-        )
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                _Batches(self.store.reader, self.arrays),
+                batch_size=None,
+                sampler=self._plan,
+                num_workers=self.workers,
+                pin_memory=self.pin_memory,
+                prefetch_factor=self.prefetch if self.workers > 0 else None,
+                persistent_workers=self.workers > 0,
+                worker_init_fn=_worker_init if self.workers > 0 else None,
+            )
+        self._plan.keys = keys
         if self.workers == 0:
-            return iter(loader)
-        with _blocked():  # the workers are forked here
-            return iter(loader)
+            return iter(self._loader)
+        with _blocked():  # the workers are forked here, at the first epoch
+            return iter(self._loader)
+
+    def close(self) -> None:
+        """End the worker processes now (else they live until the loader is collected).
+        The next :meth:`epoch` starts new ones."""
+        loader, self._loader = self._loader, None
+        it = getattr(loader, "_iterator", None) if loader is not None else None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()

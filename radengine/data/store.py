@@ -1,18 +1,32 @@
 """The sharded, append-only, checksummed store that training streams from.
 
-On-disk layout (format version 1)::
+On-disk layout (format version 2)::
 
     STORE/
       store.json              what the store holds: kind ("ct" | "images"), per-slice arrays
-                              with dtype and shape, class names, provenance
+                              with dtype and shape, class names, provenance, the row count,
+                              the content digest and the index's columns
       shards/
         000000.image.bin      raw C-order array (n, *shape): int16 HU or uint8 RGB
         000000.mask.bin       optional per-slice arrays (e.g. uint8 organ masks)
         000000.index.npz      per-slice index columns of this shard
         000000.json           the shard's manifest: count, every file's size and SHA-256.
                               Written last, atomically: a shard without one does not exist
-      index.npz               all shards' index columns, concatenated in shard order
-                              (rebuilt from the shards whenever it is missing or stale)
+      manifest.json           every shard's manifest in one file (digest, verify, info)
+      index/                  the consolidated index, one .npy per column, memory-mapped:
+        shards.npy            (shards, 3) int64: shard number, slices, first row
+        shard.npy offset.npy  int32 per row: where the row's arrays are
+        patient.npy ...       int32 codes into patient.keys.npy (the sorted unique values as
+                              UTF-8 bytes) for every string column (keys, manufacturer)
+        slice_position.npy .. numbers as float32 / int32 where those hold them exactly enough
+
+Opening a finished store reads store.json and maps the index files: a handful of reads
+whatever the number of shards, and no memory that grows with the rows is copied into the
+process (the page cache holds the columns once for every process on the node). Per-shard
+manifests are read by ``verify``, ``info`` and writers only. Version-1 stores (index.npz, no
+consolidated files) are still read, by merging the shards' indexes as before;
+``radengine store upgrade`` (:func:`upgrade`) rewrites their index as version 2 in seconds,
+without touching the shards.
 
 Every file is written to a temporary name, fsynced and renamed, so a crash or a kill leaves
 either the whole shard or nothing; reopening a store for writing (and finishing it) deletes
@@ -22,7 +36,8 @@ unfinished and empty stores (:class:`Store`). Shards are
 memory-mappable (``numpy.memmap``) for random access, and whole-shard reads give sequential
 streaming. Index columns: ``shard``, ``offset`` (row in its shard), ``label``, ``patient``,
 ``study``, ``series`` (keyed hashes, never identifiers), plus kind-specific columns
-(:data:`CT_COLUMNS`, :data:`IMAGE_COLUMNS`).
+(:data:`CT_COLUMNS`, :data:`IMAGE_COLUMNS`). ``store.index[col]`` is the stored column
+(codes for string columns); :meth:`Store.keys` and :meth:`Store.column` give the values.
 
 Splits and subsets are by patient and deterministic from a seed (:meth:`Store.select`).
 """
@@ -44,7 +59,10 @@ import numpy as np
 from radengine.errors import UserError
 
 FORMAT = "radengine-store"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+INDEX_DIR = "index"
+MANIFEST = "manifest.json"
 KINDS = ("ct", "images")
 KEY_COLUMNS = ("label", "patient", "study", "series")
 CT_COLUMNS = (
@@ -61,7 +79,8 @@ SPLITS = ("train", "val", "test")
 _SHARD_RE = re.compile(r"^(\d{6})\.json$")
 # The temporary names atomic_write_bytes uses (".<name>.tmp-<pid>"): what a kill leaves.
 _TEMP_RE = re.compile(r"^\..+\.tmp-\d+$")
-_ROOT_FILES = frozenset({"store.json", "index.npz", "shards"})
+_ROOT_FILES = frozenset({"store.json", "shards", INDEX_DIR, MANIFEST})
+_V1_ROOT_FILES = frozenset({"store.json", "index.npz", "shards"})
 
 
 class StoreError(UserError, RuntimeError):
@@ -212,16 +231,22 @@ class StoreWriter:
             **(meta or {}),
         }
         json_path = self.path / "store.json"
-        if json_path.exists():
-            existing = _read_json(json_path)
-            if {k: existing.get(k) for k in header} != json.loads(json.dumps(header)):
+        existing = _read_json(json_path) if json_path.exists() else None
+        if existing is not None:
+            # the shards of every version are alike: a version-1 ingest resumes as version 2
+            same = [k for k in header if k != "version"]
+            if {k: existing.get(k) for k in same} != json.loads(
+                json.dumps({k: header[k] for k in same})
+            ):
                 raise StoreError(
                     f"{json_path}: this store was made with other settings; use a new --out "
                     "or delete it to start over"
                 )
         (self.path / "shards").mkdir(parents=True, exist_ok=True)
-        if not json_path.exists():
+        if existing is None:
             atomic_write_json(json_path, {**header, "finished": False})
+        # A finished store reopened for more shards stays readable as it was (its index and
+        # digest name the shards it had) until finish() commits the new index.
         self._header = header
         self._clean_leftovers()
 
@@ -231,6 +256,8 @@ class StoreWriter:
         shard files that have no manifest (a shard in flight). Afterwards the store holds
         exactly what an uninterrupted run would have written so far."""
         remove_temp_files(self.path)
+        if (self.path / INDEX_DIR).is_dir():
+            remove_temp_files(self.path / INDEX_DIR)
         shards = self.path / "shards"
         done = self.completed()
         for f in shards.iterdir():
@@ -256,7 +283,14 @@ class StoreWriter:
             with contextlib.suppress(OSError):  # not empty: someone else's files
                 shards.rmdir()
         remove_temp_files(self.path)
-        for name in ("index.npz", "store.json"):
+        index = self.path / INDEX_DIR
+        if index.is_dir():
+            for f in index.iterdir():
+                if f.name.endswith(".npy") or is_temp_file(f.name):
+                    f.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                index.rmdir()
+        for name in ("index.npz", MANIFEST, "store.json"):
             (self.path / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.path.rmdir()
@@ -287,15 +321,11 @@ class StoreWriter:
         # Every shard is committed or abandoned by now: what a worker killed mid-write left
         # (its pool terminated after another worker crashed) goes before the index is built.
         self._clean_leftovers()
-        index = _merge_shard_indexes(self.path)
-        count = len(index["shard"]) if index else 0
-        if count == 0:
+        manifests = _manifests(self.path)
+        index = build_index(self.path, manifests)
+        if index.count == 0:
             raise StoreError(f"store {self.path}: no slice was written, nothing to finish")
-        atomic_write_bytes(self.path / "index.npz", _npz_bytes(index))
-        atomic_write_json(
-            self.path / "store.json",
-            {**self._header, **(extra_meta or {}), "finished": True, "count": count},
-        )
+        write_index(self.path, index, manifests, {**self._header, **(extra_meta or {})})
         return Store(self.path)
 
 
@@ -379,16 +409,137 @@ def _manifests(path: Path) -> list[dict]:
     return [_read_json(shards / n) for n in names]
 
 
-def _merge_shard_indexes(path: Path) -> dict[str, np.ndarray]:
-    parts = []
-    for m in _manifests(path):
+@dataclass
+class Index:
+    """A store's index in memory or mapped from index/: columns (codes for strings), the
+    sorted tables of coded columns (UTF-8 bytes), and per shard (number, slices, first row)."""
+
+    columns: dict[str, np.ndarray]
+    tables: dict[str, np.ndarray]
+    shards: np.ndarray  # (n_shards, 3) int64
+
+    @property
+    def count(self) -> int:
+        return len(self.columns["shard"]) if "shard" in self.columns else 0
+
+
+def _narrow(col: np.ndarray) -> np.ndarray:
+    """float32 for floats, int32 for integers that fit: what the index stores."""
+    if col.dtype.kind == "f" and col.dtype.itemsize > 4:
+        return col.astype(np.float32)
+    if col.dtype.kind in "iu" and col.dtype.itemsize > 4:
+        info = np.iinfo(np.int32)
+        if not len(col) or (int(col.min()) >= info.min and int(col.max()) <= info.max):
+            return col.astype(np.int32)
+    return col
+
+
+def build_index(path: Path, manifests: Sequence[Mapping[str, Any]]) -> Index:
+    """The consolidated index from the shards' own index files, one shard at a time, so the
+    memory it needs is that of the result (numbers, codes and the tables of distinct
+    strings), never that of every row's strings at once."""
+    total = sum(int(m["count"]) for m in manifests)
+    columns: dict[str, np.ndarray] = {}
+    provisional: dict[str, dict[str, int]] = {}  # string column -> value -> first-seen code
+    row = 0
+    shards = np.zeros((len(manifests), 3), dtype=np.int64)
+    for i, m in enumerate(manifests):
+        n = int(m["count"])
+        shards[i] = (m["shard"], n, row)
         with np.load(path / "shards" / m["files"]["index"]["file"]) as z:
-            cols = {k: z[k] for k in z.files}
-        cols["shard"] = np.full(m["count"], m["shard"], dtype=np.int32)
-        parts.append(cols)
-    if not parts:
-        return {}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            part = {k: z[k] for k in z.files}
+        part["shard"] = np.full(n, m["shard"], dtype=np.int32)
+        for name, col in part.items():
+            if col.dtype.kind in "USO":
+                seen = provisional.setdefault(name, {})
+                values, inverse = np.unique(col.astype(str), return_inverse=True)
+                codes = np.array([seen.setdefault(v, len(seen)) for v in values.tolist()])
+                col = codes.astype(np.int32)[inverse.reshape(-1)].reshape(col.shape)
+            else:
+                col = _narrow(col)
+            if name not in columns:
+                columns[name] = np.empty((total, *col.shape[1:]), dtype=col.dtype)
+            columns[name][row : row + n] = col
+        row += n
+    tables: dict[str, np.ndarray] = {}
+    for name, seen in provisional.items():
+        values = np.array(list(seen), dtype=str)
+        order = np.argsort(values, kind="stable")  # codes follow the values' sort order
+        rank = np.empty(len(order), dtype=np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        columns[name] = rank[columns[name]]
+        tables[name] = np.char.encode(values[order], "utf-8") if len(values) else np.zeros(0, "S1")
+    return Index(columns, tables, shards)
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _store_digest(manifests: Sequence[Mapping[str, Any]]) -> str:
+    """SHA-256 over every shard's recorded checksums: the store's exact content."""
+    h = hashlib.sha256()
+    for m in sorted(manifests, key=lambda m: m["shard"]):
+        for name, f in sorted(m["files"].items()):
+            h.update(f"{m['shard']}:{name}:{f['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def write_index(
+    path: Path, index: Index, manifests: Sequence[Mapping[str, Any]], header: Mapping[str, Any]
+) -> None:
+    """Write index/, manifest.json, then store.json (finished, version 2): the last write is
+    the commit, so a kill anywhere before it leaves the store as it was."""
+    folder = path / INDEX_DIR
+    folder.mkdir(exist_ok=True)
+    files = {"shards.npy": index.shards}
+    files |= {f"{k}.npy": v for k, v in index.columns.items()}
+    files |= {f"{k}.keys.npy": v for k, v in index.tables.items()}
+    for name, array in files.items():
+        atomic_write_bytes(folder / name, _npy_bytes(array), sync_dir=False)
+    for f in folder.iterdir():  # a column an earlier index had and this one has not
+        if f.name not in files:
+            f.unlink(missing_ok=True)
+    _fsync_dir(folder)
+    ordered = sorted(manifests, key=lambda m: m["shard"])
+    atomic_write_json(path / MANIFEST, {"shards": ordered})
+    meta = {
+        **header,
+        "version": VERSION,
+        "finished": True,
+        "count": index.count,
+        "digest": _store_digest(ordered),
+        "index": {"columns": sorted(index.columns), "coded": sorted(index.tables)},
+    }
+    atomic_write_json(path / "store.json", meta)
+    (path / "index.npz").unlink(missing_ok=True)  # a version-1 index, now superseded
+
+
+def _map_index(path: Path, meta: Mapping[str, Any]) -> Index:
+    """The index/ files of a finished version-2 store, memory-mapped (read-only)."""
+    folder = path / INDEX_DIR
+    spec = meta.get("index") or {}
+    try:
+        columns = {c: np.load(folder / f"{c}.npy", mmap_mode="r") for c in spec["columns"]}
+        tables = {c: np.load(folder / f"{c}.keys.npy") for c in spec["coded"]}
+        shards = np.load(folder / "shards.npy")
+    except (KeyError, OSError, ValueError) as exc:
+        raise StoreError(
+            f"store {path}: its index ({folder}) is missing or unreadable ({exc}); "
+            f"`radengine store verify {path}` says more, `radengine store upgrade {path}` "
+            "rebuilds it from the shards"
+        ) from None
+    index = Index(columns, tables, shards)
+    if index.count != meta.get("count") or int(shards[:, 1].sum()) != index.count:
+        raise StoreError(
+            f"store {path}: its index holds {index.count} rows, store.json says "
+            f"{meta.get('count')}; rebuild it with `radengine store upgrade {path}`"
+        )
+    return index
 
 
 def _score(seed: int, salt: str, keys: np.ndarray) -> np.ndarray:
@@ -398,6 +549,47 @@ def _score(seed: int, salt: str, keys: np.ndarray) -> np.ndarray:
         d = hashlib.sha256(f"{seed}:{salt}:{k}".encode()).digest()
         out[i] = int.from_bytes(d[:8], "little") / 2.0**64
     return out
+
+
+class ShardReader:
+    """Reads slices by (shard, offset) from memory-mapped shard files: all a loader worker
+    needs of a store (its path, array specs and slices per shard), small to send and
+    instant to start, whatever the store's size."""
+
+    def __init__(self, path: Path, arrays: Mapping[str, ArraySpec], counts: Mapping[int, int]):
+        self.path = Path(path)
+        self.arrays = dict(arrays)
+        self.counts = dict(counts)
+        self._maps: dict[tuple[int, str], np.memmap] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "arrays": self.arrays, "counts": self.counts}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["arrays"], state["counts"])  # type: ignore[misc]
+
+    def shard_array(self, shard: int, name: str = "image") -> np.memmap:
+        """One shard's array, memory-mapped: (n, *shape). Sequential reads stream it."""
+        key = (shard, name)
+        if key not in self._maps:
+            spec = self.arrays[name]
+            path = self.path / "shards" / f"{shard:06d}.{name}.bin"
+            self._maps[key] = np.memmap(
+                path, dtype=spec.dtype, mode="r", shape=(self.counts[shard], *spec.shape)
+            )
+        return self._maps[key]
+
+    def read(self, shards: np.ndarray, offsets: np.ndarray, name: str = "image") -> np.ndarray:
+        """Slices by (shard, offset) pairs into one new array (n, *shape), each shard's rows
+        read in offset order."""
+        spec = self.arrays[name]
+        shards, offsets = np.asarray(shards), np.asarray(offsets)
+        out = np.empty((len(shards), *spec.shape), dtype=spec.dtype)
+        order = np.lexsort((offsets, shards))
+        for s in np.unique(shards):
+            sel = order[shards[order] == s]
+            out[sel] = self.shard_array(int(s), name)[offsets[sel]]
+        return out
 
 
 class Store:
@@ -424,25 +616,55 @@ class Store:
 
     def __init__(self, path: str | Path, *, inspect: bool = False) -> None:
         self.path = Path(path).expanduser()
+        self._inspect = inspect
         if not self.path.is_dir():
             raise StoreError(f"store {self.path} does not exist (make one with radengine ingest)")
         self.meta = _read_json(self.path / "store.json")
         if self.meta.get("format") != FORMAT:
             raise StoreError(f"{self.path / 'store.json'}: not a radengine store")
-        if self.meta.get("version") != VERSION:
+        self.version = self.meta.get("version")
+        if self.version not in READABLE_VERSIONS:
             raise StoreError(
-                f"{self.path / 'store.json'}: format version {self.meta.get('version')}, "
-                f"this radengine reads version {VERSION}"
+                f"{self.path / 'store.json'}: format version {self.version}, "
+                f"this radengine reads versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
         self.kind: str = self.meta["kind"]
         self.arrays = {
             k: ArraySpec(v["dtype"], tuple(v["shape"])) for k, v in self.meta["arrays"].items()
         }
-        self.manifests = {m["shard"]: m for m in _manifests(self.path)}
-        self.index = self._load_index()
-        self._maps: dict[tuple[int, str], np.memmap] = {}
+        self._manifests: dict[int, dict] | None = None
+        if self.version == VERSION and self.finished:
+            index = _map_index(self.path, self.meta)
+        else:  # version 1, or an unfinished store being inspected: from the shards
+            index = build_index(self.path, list(self.manifests.values()))
+        self.index: dict[str, np.ndarray] = index.columns
+        self._tables = index.tables
+        self._shards = index.shards
+        counts = {int(n): int(c) for n, c, _ in index.shards.tolist()}
+        self.reader = ShardReader(self.path, self.arrays, counts)
+        self._keys: dict[str, np.ndarray] = {}
         if not inspect:
             self.check_readable()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a Store crosses processes as its path (memory maps would be pickled as copies)
+        return {"path": str(self.path), "inspect": self._inspect}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], inspect=state["inspect"])  # type: ignore[misc]
+
+    @property
+    def manifests(self) -> dict[int, dict]:
+        """Every shard's manifest by shard number: from manifest.json in a finished
+        version-2 store, else from the shards' own files."""
+        if self._manifests is None:
+            consolidated = self.path / MANIFEST
+            if self.version == VERSION and self.finished and consolidated.is_file():
+                found = _read_json(consolidated).get("shards", [])
+            else:
+                found = _manifests(self.path)
+            self._manifests = {int(m["shard"]): m for m in found}
+        return self._manifests
 
     def check_readable(self) -> None:
         """Raise a :class:`StoreError` unless the store is finished and holds samples.
@@ -460,19 +682,6 @@ class Store:
                 f"store {self.path} holds no samples; ingest usable data into it "
                 "(`radengine ingest`) or use another store"
             )
-
-    def _load_index(self) -> dict[str, np.ndarray]:
-        path = self.path / "index.npz"
-        expected = sum(m["count"] for m in self.manifests.values())
-        if path.exists():
-            with np.load(path) as z:
-                index = {k: z[k] for k in z.files}
-            shards = set(np.unique(index["shard"]).tolist()) if "shard" in index else set()
-            if len(index.get("shard", ())) == expected and shards == set(
-                k for k, m in self.manifests.items() if m["count"]
-            ):
-                return index
-        return _merge_shard_indexes(self.path)
 
     @property
     def finished(self) -> bool:
@@ -492,15 +701,7 @@ class Store:
 
     def shard_array(self, shard: int, name: str = "image") -> np.memmap:
         """One shard's array, memory-mapped: (n, *shape). Sequential reads stream it."""
-        key = (shard, name)
-        if key not in self._maps:
-            spec = self.arrays[name]
-            m = self.manifests[shard]
-            path = self.path / "shards" / m["files"][name]["file"]
-            self._maps[key] = np.memmap(
-                path, dtype=spec.dtype, mode="r", shape=(m["count"], *spec.shape)
-            )
-        return self._maps[key]
+        return self.reader.shard_array(shard, name)
 
     def get(self, i: int, name: str = "image") -> np.ndarray:
         """Slice ``i`` of array ``name`` (a read-only view into the memory map)."""
@@ -509,14 +710,11 @@ class Store:
     def images(self, indices: Sequence[int] | np.ndarray, name: str = "image") -> np.ndarray:
         """Gather slices into one new array (n, *shape), reading each shard in offset order."""
         indices = np.asarray(indices, dtype=np.int64)
-        spec = self.arrays[name]
-        out = np.empty((len(indices), *spec.shape), dtype=spec.dtype)
-        shards, offsets = self.index["shard"][indices], self.index["offset"][indices]
-        order = np.lexsort((offsets, shards))
-        for s in np.unique(shards):
-            sel = order[shards[order] == s]
-            out[sel] = self.shard_array(int(s), name)[offsets[sel]]
-        return out
+        return self.read(self.index["shard"][indices], self.index["offset"][indices], name)
+
+    def read(self, shards: np.ndarray, offsets: np.ndarray, name: str = "image") -> np.ndarray:
+        """Slices by (shard, offset) pairs (see :class:`ShardReader`)."""
+        return self.reader.read(shards, offsets, name)
 
     def iter_chunks(
         self, indices: np.ndarray | None = None, chunk: int = 1024, name: str = "image"
@@ -529,8 +727,23 @@ class Store:
 
     # ---- splits and subsets
 
+    def keys(self, column: str) -> np.ndarray:
+        """The sorted distinct values of a string column (patient, series, manufacturer, ...):
+        ``store.index[column]`` holds codes into it."""
+        if column not in self._keys:
+            if column not in self._tables:
+                raise KeyError(f"{column!r} is not a string column of store {self.path}")
+            self._keys[column] = np.char.decode(self._tables[column], "utf-8").astype(str)
+        return self._keys[column]
+
+    def column(self, name: str, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Column ``name`` (at ``rows``, else whole) as values: strings for string columns."""
+        col = self.index[name] if rows is None else self.index[name][np.asarray(rows)]
+        return self.keys(name)[col] if name in self._tables else np.asarray(col)
+
     def patients(self) -> np.ndarray:
-        return np.unique(self.index["patient"])
+        """Every patient key, sorted (no pass over the rows)."""
+        return self.keys("patient") if "patient" in self._tables else np.zeros(0, dtype=str)
 
     def select(
         self,
@@ -563,17 +776,20 @@ class Store:
             raise ValueError(
                 f"split_fractions must be 3 shares summing to 1, got {split_fractions}"
             )
+        # Each distinct patient is hashed once; rows are then picked by their integer code.
         patients = self.patients()
-        chosen = patients
+        chosen = np.arange(len(patients))
         if split is not None:
-            ranked = patients[np.argsort(_score(seed, "split", patients), kind="stable")]
+            ranked = np.argsort(_score(seed, "split", patients), kind="stable")
             bounds = np.round(np.cumsum(split_fractions) * len(ranked)).astype(int)
             start = 0 if split == "train" else bounds[SPLITS.index(split) - 1]
             chosen = ranked[start : bounds[SPLITS.index(split)]]
         if fraction < 1.0 and len(chosen):
-            ranked = chosen[np.argsort(_score(seed, "subset", chosen), kind="stable")]
+            ranked = chosen[np.argsort(_score(seed, "subset", patients[chosen]), kind="stable")]
             chosen = ranked[: max(1, round(fraction * len(ranked)))]
-        mask = np.isin(self.index["patient"], chosen)
+        keep = np.zeros(len(patients), dtype=bool)
+        keep[chosen] = True
+        mask = keep[self.index["patient"]] if len(patients) else np.zeros(len(self), dtype=bool)
         if labelled:
             mask &= self.index["label"] >= 0
         return np.flatnonzero(mask)
@@ -583,11 +799,7 @@ class Store:
     def digest(self) -> str:
         """SHA-256 over every shard's recorded checksums: names the store's exact content
         (for MLflow dataset inputs) without reading the data again."""
-        h = hashlib.sha256()
-        for _, m in sorted(self.manifests.items()):
-            for name, f in sorted(m["files"].items()):
-                h.update(f"{m['shard']}:{name}:{f['sha256']}\n".encode())
-        return h.hexdigest()
+        return self.meta.get("digest") or _store_digest(list(self.manifests.values()))
 
     def info(self) -> dict[str, Any]:
         """Counts, classes, patients and bytes, for `radengine store info`."""
@@ -603,9 +815,10 @@ class Store:
             "kind": self.kind,
             "finished": self.finished,
             "slices": len(self),
-            "shards": len(self.manifests),
+            "shards": len(self._shards),
             "patients": len(self.patients()) if len(self) else 0,
-            "series": len(np.unique(self.index["series"])) if len(self) else 0,
+            "series": len(self.keys("series")) if len(self) else 0,
+            "version": self.version,
             "arrays": {
                 k: {"dtype": v.dtype, "shape": list(v.shape)} for k, v in self.arrays.items()
             },
@@ -616,9 +829,11 @@ class Store:
         }
 
     def verify(self) -> list[str]:
-        """Check every shard file's size and SHA-256 and the index; returns the problems."""
+        """Check every shard file's size and SHA-256 against the shard's own manifest, and the
+        consolidated manifest and index against the shards; returns the problems."""
         problems = []
-        for _, m in sorted(self.manifests.items()):
+        manifests = {int(m["shard"]): m for m in _manifests(self.path)}
+        for _, m in sorted(manifests.items()):
             for name, f in m["files"].items():
                 p = self.path / "shards" / f["file"]
                 if not p.exists():
@@ -635,29 +850,105 @@ class Store:
             problems.append(f"{self.path}: ingest did not finish (rerun it to resume)")
         elif len(self) == 0:
             problems.append(f"{self.path}: the store holds no samples")
-        index_path = self.path / "index.npz"
-        if index_path.exists():
-            merged = _merge_shard_indexes(self.path)
-            with np.load(index_path) as z:
-                stale = set(z.files) != set(merged) or any(
-                    not _same_column(z[k], merged[k]) for k in z.files
+        elif self.version == VERSION:
+            problems += self._verify_index(manifests)
+        elif (self.path / "index.npz").exists():
+            with np.load(self.path / "index.npz") as z:
+                stored = {k: z[k] for k in z.files}
+            raw = [dict(np.load(self.path / "shards" / m["files"]["index"]["file"]))
+                   for _, m in sorted(manifests.items())]  # fmt: skip
+            merged = {k: np.concatenate([r[k] for r in raw]) for k in raw[0]} if raw else {}
+            if raw:
+                merged["shard"] = np.concatenate(
+                    [np.full(m["count"], m["shard"]) for _, m in sorted(manifests.items())]
                 )
-            if stale:
-                problems.append(f"{index_path}: does not match the shards' indexes")
+            if set(stored) != set(merged) or any(
+                not _same_column(stored[k], merged[k]) for k in stored
+            ):
+                problems.append(f"{self.path / 'index.npz'}: does not match the shards' indexes")
         problems += [f"{p}: stray file (not part of the store; a killed writer's leftover?)"
                      for p in self.stray_files()]  # fmt: skip
         return problems
 
+    def _verify_index(self, manifests: Mapping[int, dict]) -> list[str]:
+        """A finished version-2 store: manifest.json, index/ and the digest against the
+        shards' own manifests and index files."""
+        problems = []
+        consolidated = self.path / MANIFEST
+        listed = {int(m["shard"]): m for m in _read_json(consolidated).get("shards", [])}
+        if json.loads(json.dumps(listed)) != json.loads(json.dumps(manifests)):
+            problems.append(f"{consolidated}: does not match the shards' manifests")
+        if self.meta.get("digest") != _store_digest(list(manifests.values())):
+            problems.append(f"{self.path / 'store.json'}: its digest does not match the shards")
+        rebuilt = build_index(self.path, [m for _, m in sorted(manifests.items())])
+        folder = self.path / INDEX_DIR
+        if set(rebuilt.columns) != set(self.index) or set(rebuilt.tables) != set(self._tables):
+            problems.append(f"{folder}: its columns are not the shards' columns")
+            return problems
+        if not np.array_equal(rebuilt.shards, self._shards):
+            problems.append(f"{folder / 'shards.npy'}: does not match the shards")
+        for k, col in rebuilt.columns.items():
+            if not _same_column(np.asarray(self.index[k]), col):
+                problems.append(f"{folder / (k + '.npy')}: does not match the shards' indexes")
+        for k, table in rebuilt.tables.items():
+            if not np.array_equal(self._tables[k], table):
+                problems.append(f"{folder / (k + '.keys.npy')}: does not match the shards")
+        return problems
+
     def stray_files(self) -> list[Path]:
-        """Files in the store that no manifest names and that are not store.json or
-        index.npz: temporary files of a killed writer, shard files without a manifest."""
-        stray = [f for f in self.path.iterdir() if f.name not in _ROOT_FILES]
+        """Files in the store that no manifest names and that are not the store's own
+        (store.json, manifest.json, index/): temporary files of a killed writer, shard files
+        without a manifest, index files of no column."""
+        root = _ROOT_FILES if self.version == VERSION else _V1_ROOT_FILES
+        stray = [f for f in self.path.iterdir() if f.name not in root]
         shards = self.path / "shards"
         if shards.is_dir():
-            known = {f"{m['shard']:06d}.json" for m in self.manifests.values()}
-            known |= {f["file"] for m in self.manifests.values() for f in m["files"].values()}
+            manifests = _manifests(self.path)
+            known = {f"{m['shard']:06d}.json" for m in manifests}
+            known |= {f["file"] for m in manifests for f in m["files"].values()}
             stray += [f for f in shards.iterdir() if f.name not in known]
+        index = self.path / INDEX_DIR
+        if self.version == VERSION and index.is_dir():
+            spec = self.meta.get("index") or {}
+            known = {"shards.npy"} | {f"{c}.npy" for c in spec.get("columns", [])}
+            known |= {f"{c}.keys.npy" for c in spec.get("coded", [])}
+            stray += [f for f in index.iterdir() if f.name not in known]
         return sorted(stray)
+
+
+def upgrade(path: str | Path) -> dict[str, Any]:
+    """Rewrite a finished version-1 store's index as version 2 (index/, manifest.json,
+    store.json; index.npz removed), or rebuild a version-2 index that cannot be opened. The
+    shards are not touched. Each file is written atomically and store.json last, so a kill
+    leaves the store as it was and a rerun finishes the job. Returns what was done:
+    ``{"path", "from", "to", "slices", "shards"}``, with ``"rebuilt": True`` when the index
+    was written."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise StoreError(f"store {path} does not exist")
+    meta = _read_json(path / "store.json")
+    if meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
+        raise StoreError(f"{path / 'store.json'}: not a radengine store this version reads")
+    if not meta.get("finished"):
+        raise StoreError(
+            f"store {path} is unfinished: finish it first by rerunning the ingest that writes "
+            "it (which writes a version-2 store)"
+        )
+    version = meta["version"]
+    if version == VERSION:
+        with contextlib.suppress(StoreError):
+            index = _map_index(path, meta)
+            return {"path": str(path), "from": VERSION, "to": VERSION, "slices": index.count,
+                    "shards": len(index.shards)}  # fmt: skip
+    remove_temp_files(path)
+    if (path / INDEX_DIR).is_dir():
+        remove_temp_files(path / INDEX_DIR)
+    manifests = _manifests(path)
+    index = build_index(path, manifests)
+    header = {k: v for k, v in meta.items() if k not in ("finished", "count", "index", "digest")}
+    write_index(path, index, manifests, header)
+    return {"path": str(path), "from": version, "to": VERSION, "slices": index.count,
+            "shards": len(manifests), "rebuilt": True}  # fmt: skip
 
 
 def _same_column(a: np.ndarray, b: np.ndarray) -> bool:

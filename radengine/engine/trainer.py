@@ -462,12 +462,10 @@ def knn_monitor(
     from radengine.ops.augment import augment_views
 
     k = cfg.knn
-    labels = store.index["label"].astype(np.int64)
     rng = np.random.default_rng(12345)
 
     def pick(split: str, n: int) -> np.ndarray:
-        idx = store.select(split, seed=cfg.data.split_seed)
-        idx = idx[labels[idx] >= 0]
+        idx = store.select(split, seed=cfg.data.split_seed, labelled=True)
         if len(idx) > n:
             idx = np.sort(rng.choice(idx, n, replace=False))
         return idx
@@ -504,8 +502,8 @@ def knn_monitor(
         bank, queries = features(bank_idx), features(query_idx)
     finally:
         encoder.train(was_training)
-    bank_labels = torch.from_numpy(labels[bank_idx]).to(device)
-    query_labels = torch.from_numpy(labels[query_idx]).to(device)
+    bank_labels = torch.from_numpy(store.index["label"][bank_idx].astype(np.int64)).to(device)
+    query_labels = torch.from_numpy(store.index["label"][query_idx].astype(np.int64)).to(device)
     pred = weighted_knn(queries, bank, bank_labels, k.k, k.temperature)
     return float((pred == query_labels).float().mean())
 
@@ -1011,18 +1009,23 @@ class _Trainer:
         # of the training RNG stream so a resumed run continues it exactly.
         with torch.random.fork_rng(devices=[]):
             iters = [iter(ld.epoch(epoch, start)) for ld in stage.loaders]
+        done = False
         try:
             for _ in range(start, stage.steps_per_epoch):
                 yield [next(it) for it in iters]
+            done = True
         finally:
-            # closed early (a stop, an error): end the loader's workers now rather than at
-            # garbage collection, so a preempted run does not leave them behind while it
-            # checkpoints and exits
-            for it in iters:
-                shutdown = getattr(it, "_shutdown_workers", None)
-                if shutdown is not None:
-                    shutdown()
             iters.clear()
+            if not done:
+                # closed early (a stop, an error): end the loaders' workers now rather than
+                # at garbage collection, so a preempted run does not leave them behind while
+                # it checkpoints and exits. After a whole epoch they stay for the next one.
+                self._close_loaders()
+
+    def _close_loaders(self) -> None:
+        for st in self.stages:
+            for ld in st.loaders:
+                ld.close()
 
     def _knn(self) -> None:
         if not self.dist.main or self.cfg.knn.every <= 0:
@@ -1178,6 +1181,7 @@ class _Trainer:
             if bar is not None:
                 bar.close()
             self._bar = None
+            self._close_loaders()
             self.tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             if self.dist.distributed and isinstance(exc, RuntimeError):
                 # A collective failed mid-run (a rank died, froze or lost its network): torch
@@ -1193,6 +1197,7 @@ class _Trainer:
         if bar is not None:
             bar.close()
         self._bar = None
+        self._close_loaders()  # the workers are not needed for the final writes
         try:
             # The handler stays through the final writes: a second SIGTERM there (a scheduler
             # repeating itself) must not kill the process between checkpoint and summary.

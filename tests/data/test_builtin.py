@@ -89,13 +89,13 @@ def test_ct_store_groups_patients_and_records_contrast_and_variant(tmp_path):
     assert sorted(int(k) for k in s.manifests) == [0, 1], "16 patients per shard"
     contrast = s.index["contrast"]
     assert set(contrast.tolist()) <= set(range(len(synthetic.CONTRAST_PHASES)))
-    variants = s.index["variant"]
+    variants = s.column("variant")
     spine = s.index["region"] == synthetic.BODY_REGIONS.index("spine")
     assert set(variants[spine].tolist()) <= {"cervical", "thoracic", "lumbar"}
     assert set(variants[s.index["region"] == 0].tolist()) == {""}
     for p in range(18):  # each patient's series are the generator's, shard grouping or not
         one = synthetic.generate_ct_series(p, "thorax", num_slices=1, size=32, seed=2)
-        row = np.flatnonzero(s.index["series"] == one.series)
+        row = np.flatnonzero(s.column("series") == one.series)
         np.testing.assert_array_equal(s.get(int(row[0])), one.images[0])
         assert s.index["contrast"][row[0]] == synthetic.CONTRAST_PHASES.index(one.contrast)
     assert s.meta["source"]["version"] == builtin.GENERATOR_VERSION
@@ -152,10 +152,10 @@ def test_pretraining_never_sees_validation_or_test_patients(tmp_path, monkeypatc
             p
             for st in stages
             for src in st.sources
-            for p in src.store.index["patient"][src.indices].tolist()
+            for p in src.store.column("patient", src.indices).tolist()
         }
         held_out = set(
-            store.index["patient"][np.concatenate([task.splits["val"], task.splits["test"]])]
+            store.column("patient", np.concatenate([task.splits["val"], task.splits["test"]]))
         )
-        train = set(store.index["patient"][task.splits["train"]].tolist())
+        train = set(store.column("patient", task.splits["train"]).tolist())
         assert seen == train and not seen & held_out and len(held_out) >= 8

@@ -180,7 +180,7 @@ def test_ingest_ct_nifti_and_hu(tmp_path):
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_allclose(np.diff(store.index["slice_position"]), 2.0)
     np.testing.assert_allclose(store.index["pixel_spacing"], 0.8 * np.ones((5, 2)), rtol=1e-6)
-    assert "case01" not in store.index["patient"][0]
+    assert "case01" not in store.column("patient", [0])[0]
 
 
 def test_cli_synth_dicom_then_ingest(tmp_path, capsys):

@@ -416,7 +416,7 @@ def test_ingest_survives_seeded_corruption(fuzz_archive, tmp_path, workers):
     assert store.verify() == []
 
     pseudo = Pseudonymizer(read_secret(secret))
-    stored = set(store.index["series"].tolist())
+    stored = set(store.keys("series").tolist())
     errors = [json.loads(line) for line in Path(summary.errors_file).read_text().splitlines()]
     listed = {}
     for e in errors:

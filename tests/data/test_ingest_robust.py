@@ -363,7 +363,8 @@ ingest.ingest_ct([sys.argv[3]], sys.argv[4], size=16, workers=1, secret=sys.argv
 @pytest.mark.parametrize(
     "target, nth",
     [
-        ("index.npz", 1),  # merging the index
+        ("patient.npy", 1),  # writing the consolidated index
+        ("manifest.json", 1),  # writing the consolidated manifest
         ("store.json", 2),  # marking the store finished (the 1st write creates it)
         ("errors.jsonl", 1),  # the ingest's error list, beside the store
         ("000000.json", 1),  # committing the first shard's manifest
@@ -381,7 +382,7 @@ def test_kill_while_finishing_then_rerun_equals_an_uninterrupted_ingest(
     assert proc.returncode == -signal.SIGKILL, "the ingest was not killed where planned"
     leftovers = [p for p in [*out.rglob(".*.tmp-*"), *ingest.work_dir(out).glob(".*.tmp-*")]]
     assert leftovers, "a kill before a rename leaves its temporary file"
-    if any(p.parent == out or p.parent == out / "shards" for p in leftovers):
+    if any(p.parent in (out, out / "shards", out / "index") for p in leftovers):
         problems = Store(out, inspect=True).verify()
         assert any("stray file" in p for p in problems), problems
 
@@ -493,7 +494,8 @@ def _empty_finished(path: Path) -> Path:
     """An empty store marked finished, as older radengine versions left them."""
     w = StoreWriter(path, "ct", {"image": ArraySpec("int16", (4, 4))}, {})
     meta = json.loads((path / "store.json").read_text())
-    (path / "store.json").write_text(json.dumps({**meta, "finished": True, "count": 0}))
+    finished = {**meta, "version": 1, "finished": True, "count": 0}
+    (path / "store.json").write_text(json.dumps(finished))
     del w
     return path
 

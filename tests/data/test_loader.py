@@ -70,3 +70,39 @@ def test_loader_errors(store):
         StoreLoader(store, np.arange(3), batch_size=4, workers=0)
     with pytest.raises(ValueError, match=r"arrays \['labels'\] not in store"):
         StoreLoader(store, batch_size=2, arrays=("labels",))
+
+
+def test_workers_get_only_locations_and_live_across_epochs(store):
+    """Workers are sent (shard, offset, label) per batch, never the store's index, and the
+    same worker processes serve every epoch until close()."""
+    import multiprocessing
+    import pickle
+
+    from radengine.data.loader import BatchKey
+
+    loader = StoreLoader(store, store.select("train", seed=0), batch_size=8, workers=2)
+    key = loader.keys(0)[0]
+    assert isinstance(key, BatchKey) and len(pickle.dumps(key)) < 2048
+    np.testing.assert_array_equal(key.shards, store.index["shard"][key.rows])
+    np.testing.assert_array_equal(key.offsets, store.index["offset"][key.rows])
+    before = {p.pid for p in multiprocessing.active_children()}
+
+    def workers():
+        return {p.pid for p in multiprocessing.active_children()} - before
+
+    first = [b["index"].tolist() for b in loader.epoch(0)]
+    pids = workers()
+    assert len(pids) == 2
+    half = iter(loader.epoch(1))
+    next(half)  # an epoch abandoned halfway: the next one still starts cleanly
+    second = [b["index"].tolist() for b in loader.epoch(2)]
+    assert workers() == pids  # the same processes
+    assert second == [b.rows.tolist() for b in loader.keys(2)] and second != first
+    # what a worker holds of the store: its path, arrays and slices per shard
+    dataset = loader._loader.dataset
+    assert len(pickle.dumps(dataset)) < 2048 and not hasattr(dataset, "index")
+    loader.close()
+    assert not workers()
+    third = [b["index"].tolist() for b in loader.epoch(0)]  # new workers after close
+    assert third == first
+    loader.close()

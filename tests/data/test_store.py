@@ -93,7 +93,10 @@ def test_crash_leftovers_are_removed_and_resume_gives_the_same_store(tmp_path):
     for s in (1, 2):
         w2.write_shard(s, *datas[s])
     resumed = w2.finish()
-    for name in ("index.npz", "shards/000001.image.bin", "shards/000002.mask.bin"):
+    names = ["manifest.json", "shards/000001.image.bin", "shards/000002.mask.bin"]
+    names += [f"index/{f.name}" for f in (tmp_path / "full" / "index").iterdir()]
+    assert len(names) > 10
+    for name in names:
         assert (part / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
     assert json.loads((part / "store.json").read_text()) == json.loads(
         (tmp_path / "full" / "store.json").read_text()
@@ -160,3 +163,155 @@ def test_splits_are_patient_level_deterministic_and_nested(tmp_path):
         store.select("train", fraction=0.0)
     with pytest.raises(ValueError, match="split must be one of"):
         store.select("validation")
+
+
+# --------------------------------------------------------------------------- format version 2
+
+
+def _as_version_1(path):
+    """Rewrite a store as radengine wrote version 1: index.npz (the shards' columns as
+    stored, concatenated, plus ``shard``), no index/ or manifest.json, store.json version 1."""
+    import shutil
+
+    manifests = [json.loads(f.read_text()) for f in sorted((path / "shards").glob("*.json"))]
+    parts = []
+    for m in manifests:
+        with np.load(path / "shards" / m["files"]["index"]["file"]) as z:
+            cols = {k: z[k] for k in z.files}
+        cols["shard"] = np.full(m["count"], m["shard"], dtype=np.int32)
+        parts.append(cols)
+    np.savez(path / "index.npz", **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    shutil.rmtree(path / "index")
+    (path / "manifest.json").unlink()
+    meta = json.loads((path / "store.json").read_text())
+    meta = {k: v for k, v in meta.items() if k not in ("digest", "index")} | {"version": 1}
+    (path / "store.json").write_text(json.dumps(meta))
+
+
+def _old_select(store, patients_by_row, split, fraction, seed):
+    """Version 1's select, on the patient strings: np.isin over every row's key."""
+    import hashlib
+
+    def score(keys):
+        return np.array([
+            int.from_bytes(hashlib.sha256(f"{seed}:{salt}:{k}".encode()).digest()[:8], "little")
+            / 2.0**64 for k in keys
+        ])  # fmt: skip
+
+    patients = np.unique(patients_by_row)
+    salt = "split"
+    ranked = patients[np.argsort(score(patients), kind="stable")]
+    bounds = np.round(np.cumsum((0.8, 0.1, 0.1)) * len(ranked)).astype(int)
+    i = ("train", "val", "test").index(split)
+    chosen = ranked[(0 if i == 0 else bounds[i - 1]) : bounds[i]]
+    if fraction < 1.0:
+        salt = "subset"
+        chosen = chosen[np.argsort(score(chosen), kind="stable")][
+            : max(1, round(fraction * len(chosen)))
+        ]
+    return np.flatnonzero(np.isin(patients_by_row, chosen))
+
+
+def test_version_2_index_is_mapped_coded_and_selects_as_version_1(tmp_path):
+    store, written = make_store(
+        tmp_path / "s", np.random.default_rng(11), shards=6, patients_per_shard=7
+    )
+    assert store.version == 2 and json.loads((tmp_path / "s" / "store.json").read_text())["count"]
+    assert isinstance(store.index["label"], np.memmap)  # mapped, not read into the process
+    assert store.index["patient"].dtype == np.int32 and store.index["label"].dtype == np.int32
+    assert store.index["slice_position"].dtype == np.float32
+    patients = np.concatenate([c["patient"] for _, c in written])
+    np.testing.assert_array_equal(store.column("patient"), patients)
+    np.testing.assert_array_equal(store.keys("patient"), np.unique(patients))
+    np.testing.assert_array_equal(store.column("manufacturer", [0, 5]), ["acme", "acme"])
+    with pytest.raises(KeyError, match="not a string column"):
+        store.keys("label")
+    for split in ("train", "val", "test"):
+        for fraction in (1.0, 0.3, 0.01):
+            np.testing.assert_array_equal(
+                store.select(split, fraction=fraction, seed=5),
+                _old_select(store, patients, split, fraction, 5),
+            )
+    # a Store crosses processes as its path, not as its mapped columns
+    import pickle
+
+    blob = pickle.dumps(store)
+    assert len(blob) < 1000 and len(pickle.loads(blob)) == len(store)
+
+
+def test_opening_reads_a_handful_of_files_not_one_per_shard(tmp_path, monkeypatch):
+    import builtins
+
+    make_store(tmp_path / "s", np.random.default_rng(12), shards=40, per_shard=5)
+    opened = []
+    real = builtins.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    store = Store(tmp_path / "s")
+    store.select("train", fraction=0.5)
+    monkeypatch.undo()
+    assert not [f for f in opened if "/shards/" in f and f.endswith(".json")]
+    files = set(opened)  # store.json, each column (mapped), the shards and key tables
+    assert len(files) <= 2 + len(store.index) + 4, sorted(files)
+
+
+def test_version_1_stores_are_read_and_upgraded_in_place(tmp_path, capsys):
+    from radengine.cli import main
+
+    path = tmp_path / "s"
+    store, _ = make_store(path, np.random.default_rng(13), shards=4)
+    before = {
+        "digest": store.digest(),
+        "train": store.select("train", fraction=0.5, seed=3),
+        "patients": store.column("patient"),
+        "images": store.images(np.arange(len(store))),
+        "kvp": np.asarray(store.index["kvp"]),
+    }
+    _as_version_1(path)
+    old = Store(path)
+    assert old.version == 1 and old.verify() == []
+    for s in (old,):  # version 1 reads the same as version 2
+        assert s.digest() == before["digest"]
+        np.testing.assert_array_equal(s.select("train", fraction=0.5, seed=3), before["train"])
+        np.testing.assert_array_equal(s.column("patient"), before["patients"])
+    assert main(["store", "info", str(path)]) == 0
+    assert "store upgrade" in capsys.readouterr().out
+    assert main(["store", "upgrade", str(path)]) == 0
+    assert "format version 1 -> 2" in capsys.readouterr().out
+    new = Store(path)
+    assert new.version == 2 and new.verify() == [] and not (path / "index.npz").exists()
+    assert new.digest() == before["digest"]
+    np.testing.assert_array_equal(new.select("train", fraction=0.5, seed=3), before["train"])
+    np.testing.assert_array_equal(new.column("patient"), before["patients"])
+    np.testing.assert_array_equal(new.images(np.arange(len(new))), before["images"])
+    np.testing.assert_array_equal(new.index["kvp"], before["kvp"])
+    assert main(["store", "upgrade", str(path)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_upgrade_refuses_an_unfinished_store_and_verify_catches_a_stale_index(tmp_path, capsys):
+    from radengine.cli import main
+
+    w = writer(tmp_path / "u")
+    arrays, cols = shard_data(np.random.default_rng(0), 4, ["a"])
+    w.write_shard(0, arrays, cols)
+    assert main(["store", "upgrade", str(tmp_path / "u")]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished" in err and "Traceback" not in err
+
+    make_store(tmp_path / "s", np.random.default_rng(14))
+    labels = tmp_path / "s" / "index" / "label.npy"
+    data = np.load(labels)
+    data[0] += 1
+    np.save(labels, data)
+    problems = Store(tmp_path / "s").verify()
+    assert any("label.npy: does not match" in p for p in problems), problems
+    (tmp_path / "s" / "index" / "patient.npy").unlink()
+    with pytest.raises(StoreError, match="store upgrade"):
+        Store(tmp_path / "s")
+    assert main(["store", "upgrade", str(tmp_path / "s")]) == 0  # rebuilt from the shards
+    assert Store(tmp_path / "s").verify() == []
