@@ -179,24 +179,39 @@ def child(mode: str, path: str) -> dict:
                 peak["pss"] = max(peak["pss"], sum(p for _, p in sizes))
                 time.sleep(0.01)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         train = store.select("train", seed=0)
+        # timing first, without the memory sampler (reading smaps costs the kernel time)
         loader = StoreLoader(store, train, batch_size=256, workers=2, seed=0)
-        starts, pids = [], []
+        starts, firsts, plans, pids = [], [], [], []
         for epoch in range(2):
             t0 = time.perf_counter()
-            it = iter(loader.epoch(epoch))
+            loader.plan(epoch)
+            plans.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            it = iter(loader.epoch(epoch))  # plans the epoch again, starts the workers once
+            t1 = time.perf_counter()
             next(it)
-            starts.append(time.perf_counter() - t0)
+            starts.append(t1 - t0)
+            firsts.append(time.perf_counter() - t1)
             for _ in range(2):
                 next(it)
             pids.append(sorted(p.pid for p in multiprocessing.active_children()))
             del it
         loader.close()
+        # then the memory of the process tree doing the same
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        loader = StoreLoader(store, train, batch_size=256, workers=2, seed=0)
+        for epoch in range(2):
+            it = iter(loader.epoch(epoch))
+            for _ in range(3):
+                next(it)
+            del it
+        loader.close()
         stop.set()
         sampler.join()
-        out |= {"first_batch_s": starts, "same_workers": pids[0] == pids[1] and len(pids[0]) == 2,
+        out |= {"epoch_s": starts, "first_batch_s": firsts, "plan_s": plans,
+                "same_workers": pids[0] == pids[1] and len(pids[0]) == 2,
                 "tree_rss": peak["rss"], "tree_pss": peak["pss"]}  # fmt: skip
     return out
 
@@ -252,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, (seconds, _) in ((k, v) for k, v in sel.items() if k.startswith("select ")):
         add(key, "s", [seconds])
     add("rss peak after selects", "MiB", [sel["select_peak_rss"] * mb])
-    add("loader first batch (workers start)", "s", [load["first_batch_s"][0]])
-    add("loader first batch, epoch 2", "s", [load["first_batch_s"][1]])
+    add("epoch plan (shuffle of the train rows)", "s", load["plan_s"])
+    add("loader.epoch(0): plan + 2 workers started", "s", [load["epoch_s"][0]])
+    add("loader.epoch(1): plan, same workers", "s", [load["epoch_s"][1]])
+    add("first batch after epoch(0)", "s", [load["first_batch_s"][0]])
+    add("first batch after epoch(1)", "s", [load["first_batch_s"][1]])
     add("loader tree peak rss (2 workers)", "MiB", [load["tree_rss"] * mb])
     add("loader tree peak pss (2 workers)", "MiB", [load["tree_pss"] * mb])
     add("loader workers persist across epochs", "bool", [float(load["same_workers"])])

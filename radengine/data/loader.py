@@ -37,14 +37,24 @@ def epoch_order(
     """The sample order of one epoch: blocks of consecutive rows shuffled, then rows shuffled
     within windows of ``window`` blocks. Deterministic from (seed, epoch)."""
     indices = np.sort(np.asarray(indices, dtype=np.int64))
+    n = len(indices)
     rng = np.random.default_rng([seed, epoch, 0x5EED])
-    blocks = [indices[i : i + block] for i in range(0, len(indices), block)]
-    order = rng.permutation(len(blocks))
-    out = []
-    for w in range(0, len(order), window):
-        rows = np.concatenate([blocks[b] for b in order[w : w + window]])
-        out.append(rows[rng.permutation(len(rows))])
-    return np.concatenate(out) if out else indices
+    n_blocks = -(-n // block)
+    order = rng.permutation(n_blocks)
+    if n == 0:
+        return indices
+    # the rows of the blocks in shuffled order, as one array (vectorised: millions of rows)
+    starts = order * block
+    lengths = np.minimum(block, n - starts)
+    ends = np.cumsum(lengths)
+    positions = np.arange(ends[-1]) - np.repeat(ends - lengths - starts, lengths)
+    rows = indices[positions]
+    out = np.empty_like(rows)
+    for w in range(0, n_blocks, window):  # then a shuffle within each window of blocks
+        lo = ends[w - 1] if w else 0
+        hi = ends[min(w + window, n_blocks) - 1]
+        out[lo:hi] = rows[lo:hi][rng.permutation(hi - lo)]
+    return out
 
 
 @dataclass
@@ -173,17 +183,29 @@ class _Batches(torch.utils.data.Dataset):
         return out
 
 
-class _Plan(torch.utils.data.Sampler):
-    """The keys of the epoch being read; set before each ``iter`` of the DataLoader."""
+def _key(index: dict[str, np.ndarray], rows: np.ndarray) -> BatchKey:
+    rows = np.asarray(rows, dtype=np.int64)
+    return BatchKey(
+        rows=rows,
+        shards=np.asarray(index["shard"][rows]),
+        offsets=np.asarray(index["offset"][rows]),
+        labels=np.asarray(index["label"][rows]).astype(np.int64),
+    )
 
-    def __init__(self) -> None:
-        self.keys: list[BatchKey] = []
+
+class _Plan(torch.utils.data.Sampler):
+    """The batches of the epoch being read, made into keys as the DataLoader asks for them
+    (a few at a time, not the whole epoch's up front); set before each ``iter``."""
+
+    def __init__(self, index: dict[str, np.ndarray]) -> None:
+        self.index = index
+        self.batches: list[np.ndarray] = []
 
     def __iter__(self) -> Iterator[BatchKey]:
-        return iter(self.keys)
+        return (_key(self.index, rows) for rows in self.batches)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.batches)
 
 
 class StoreLoader:
@@ -247,9 +269,9 @@ class StoreLoader:
         if unknown:
             raise ValueError(f"arrays {unknown} not in store {self.store.path}")
         self.arrays = tuple(arrays)
-        self._plan = _Plan()
+        self._plan = _Plan(self.store.index)
         self._loader: torch.utils.data.DataLoader | None = None
-        if len(self.plan(0)) == 0:
+        if len(self) == 0:
             raise ValueError(
                 f"{len(self.indices)} samples make no batch of {batch_size} x {self.world_size} "
                 "ranks; lower the batch size or use drop_last=False"
@@ -268,32 +290,23 @@ class StoreLoader:
         )
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        return len(self.plan(0))
+        """Batches per epoch on this rank (as :func:`plan_epoch` cuts them, without planning)."""
+        g = self.batch_size * self.world_size
+        full, tail = divmod(len(self.indices), g)
+        # the tail's share of this rank: tail[rank::world_size]
+        return full + int(not self.drop_last and tail > self.rank)
 
     def keys(self, epoch: int, start_step: int = 0) -> list[BatchKey]:
         """What the workers are sent for ``epoch`` from batch ``start_step`` on."""
-        index = self.store.index
-        keys = []
-        for rows in self.plan(epoch).batches[start_step:]:
-            rows = np.asarray(rows, dtype=np.int64)
-            keys.append(
-                BatchKey(
-                    rows=rows,
-                    shards=np.asarray(index["shard"][rows]),
-                    offsets=np.asarray(index["offset"][rows]),
-                    labels=np.asarray(index["label"][rows]).astype(np.int64),
-                )
-            )
-        return keys
+        return [_key(self.store.index, rows) for rows in self.plan(epoch).batches[start_step:]]
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """This rank's batches of ``epoch``, from batch ``start_step`` on (exact resume).
 
         Start an epoch only after the previous one's iterator is exhausted or abandoned:
         the workers are shared, and a new epoch discards what they still had in flight."""
-        keys = self.keys(epoch, start_step)
-        if not keys:
+        batches = self.plan(epoch).batches[start_step:]
+        if not batches:
             return iter(())
         if self._loader is None:
             self._loader = torch.utils.data.DataLoader(
@@ -306,7 +319,7 @@ class StoreLoader:
                 persistent_workers=self.workers > 0,
                 worker_init_fn=_worker_init if self.workers > 0 else None,
             )
-        self._plan.keys = keys
+        self._plan.batches = batches
         if self.workers == 0:
             return iter(self._loader)
         with _blocked():  # the workers are forked here, at the first epoch

@@ -106,3 +106,41 @@ def test_workers_get_only_locations_and_live_across_epochs(store):
     third = [b["index"].tolist() for b in loader.epoch(0)]  # new workers after close
     assert third == first
     loader.close()
+
+
+def test_batch_count_without_planning_matches_the_plan(store):
+    n = len(store)
+    for batch in (1, 3, 7, 8):
+        for world in (1, 2, 3):
+            for rank in range(world):
+                for drop_last in (True, False):
+                    if n < batch * world and drop_last:
+                        continue
+                    loader = StoreLoader(store, np.arange(n), batch_size=batch, rank=rank,
+                                         world_size=world, drop_last=drop_last, workers=0)  # fmt: skip
+                    assert len(loader) == len(loader.plan(0)), (batch, world, rank, drop_last)
+
+
+def test_the_vectorised_epoch_order_is_the_block_loop():
+    """epoch_order is vectorised for millions of rows; its order is the plain loop's (the
+    order every earlier run was trained in)."""
+
+    def loop(indices, seed, epoch, block, window):
+        indices = np.sort(indices)
+        rng = np.random.default_rng([seed, epoch, 0x5EED])
+        blocks = [indices[i : i + block] for i in range(0, len(indices), block)]
+        order = rng.permutation(len(blocks))
+        out = []
+        for w in range(0, len(order), window):
+            rows = np.concatenate([blocks[b] for b in order[w : w + window]])
+            out.append(rows[rng.permutation(len(rows))])
+        return np.concatenate(out) if out else indices
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 63, 64, 65, 1023, 1025, 5000):
+        for block, window in ((64, 16), (50, 4), (1, 1), (7, 3)):
+            idx = rng.choice(10 * n + 10, n, replace=False)
+            np.testing.assert_array_equal(
+                epoch_order(idx, seed=3, epoch=2, block=block, window=window),
+                loop(idx, 3, 2, block, window),
+            )
