@@ -759,6 +759,12 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         return func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if getattr(exc, "broken", False):  # a broken process group: no C++ teardown
+            import os
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except BrokenPipeError:
         # The reader stopped early (`radengine info | head -3`): end quietly, with stdout

@@ -37,7 +37,15 @@ __all__ = [
 
 
 class DistributedError(UserError, RuntimeError):
-    """The process group could not form (a rank missing, frozen or unreachable)."""
+    """The process group could not form (a rank missing, frozen or unreachable), or a
+    collective failed mid-run (``broken``): then the group is unusable, and its C++ teardown
+    (gloo's threads, at ``destroy_process_group`` or at interpreter exit) can abort the process
+    with a dying peer, so the CLI ends such a process at once after its message
+    (``os._exit(2)``) and :func:`cleanup` does not destroy the group."""
+
+    def __init__(self, message: str, *, broken: bool = False) -> None:
+        super().__init__(message)
+        self.broken = broken
 
 
 @dataclass(frozen=True)
@@ -199,8 +207,9 @@ def _resolves_to_loopback(host: str) -> bool:
     return bool(infos) and all(_loopback_literal(str(i[4][0])) for i in infos)
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.initialised_here and dist.is_initialized():
+def cleanup(info: DistInfo, *, broken: bool = False) -> None:
+    """Destroy the process group this process made, unless a collective broke it."""
+    if info.initialised_here and dist.is_initialized() and not broken:
         dist.destroy_process_group()
 
 

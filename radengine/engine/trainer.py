@@ -631,10 +631,14 @@ def pretrain(
     """
     cfg.validate()
     dist_info = distributed.setup(cfg.train.device, cfg.dist.timeout_min, echo)
+    broken = False
     try:
         return _Trainer(cfg, dist_info, resume, echo).run()
+    except distributed.DistributedError as exc:
+        broken = exc.broken
+        raise
     finally:
-        distributed.cleanup(dist_info)
+        distributed.cleanup(dist_info, broken=broken)
 
 
 class _Trainer:
@@ -1191,7 +1195,8 @@ class _Trainer:
                     f"a collective failed at step {s.step + 1} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
                     "another rank died, froze for longer than dist.timeout_min "
                     f"({cfg.dist.timeout_min:g} min) or lost its connection. Continue with "
-                    f"--resume {self.out} once every node is healthy"
+                    f"--resume {self.out} once every node is healthy",
+                    broken=True,
                 ) from exc
             raise
         if bar is not None:

@@ -157,9 +157,13 @@ def test_symmetries(gen):
     base = nt_xent(z, 0.3)
     torch.testing.assert_close(nt_xent(swapped, 0.3), base)
     torch.testing.assert_close(nt_xent(permuted, 0.3), base)
-    # Mismatching the pairs changes the loss: the positives really are i <-> i + N.
-    broken = torch.cat([z[:n], z[n:].roll(1, 0)])
-    assert abs(nt_xent(broken, 0.3).item() - base.item()) > 1e-3
+    # Mismatching the pairs changes the loss: the positives really are i <-> i + N. With
+    # views that agree (the second a slightly noisy copy of the first), the true pairing
+    # is the easy one and a rolled pairing a much harder one, whatever the random draw
+    # (on independent random rows the two losses can come within 1e-3 of each other).
+    views = torch.cat([z[:n], z[:n] + 0.1 * z[n:]])
+    broken = torch.cat([views[:n], views[n:].roll(1, 0)])
+    assert nt_xent(broken, 0.3).item() > nt_xent(views, 0.3).item() + 0.5
 
 
 @pytest.mark.parametrize(("device", "backend"), cases())
