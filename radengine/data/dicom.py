@@ -64,12 +64,14 @@ it; calling them without pydicom raises an ImportError that names the extra.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import struct
 import sys
 import unicodedata
 import warnings
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -80,6 +82,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from radengine.data.paths import PathList, PathTable
+from radengine.data.paths import walk as walk_paths
 from radengine.data.privacy import Pseudonymizer
 from radengine.data.synthetic import BODY_REGIONS
 
@@ -318,12 +322,13 @@ class SeriesRef:
 
     Attributes:
         uid_key: Pseudonymised SeriesInstanceUID (``pseudo.key("series", uid)``).
-        files: The series' files, sorted by path.
+        files: The series' files, sorted by path (a list, or the scan's compact
+            :class:`radengine.data.paths.PathList`, which compares and pickles as one).
         frames: Number of slices expected (the sum of NumberOfFrames, 1 per classic file).
     """
 
     uid_key: str
-    files: list[str]
+    files: Sequence[str]
     frames: int
 
 
@@ -1117,29 +1122,67 @@ def _scan_chunk(paths: Sequence[str]) -> list[_Header | Skipped]:
     return [_scan_file(p, parts) for p in paths]
 
 
-def _walk(paths: Sequence[str | Path], skipped: list[Skipped]) -> list[str]:
-    """All files under ``paths`` as normalised absolute paths, sorted and deduplicated."""
-    found: set[str] = set()
-    for entry in paths:
-        root = os.path.abspath(os.fspath(entry))
-        if os.path.isfile(root):
-            found.add(root)
-        elif os.path.isdir(root):
+def walk_files(paths: Sequence[str | Path] | PathTable, skipped: list[Skipped]) -> PathTable:
+    """Every file under ``paths`` once (radengine.data.paths.walk), as a compact table;
+    entries that do not exist and folders that cannot be listed become ``skipped`` entries."""
+    if isinstance(paths, PathTable):
+        return paths
 
-            def on_error(exc: OSError, root: str = root) -> None:
-                skipped.append(Skipped(exc.filename or root, f"unreadable directory: {exc}"))
-
-            for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-                dirnames.sort()  # order does not matter (we sort at the end); keeps walks stable
-                found.update(os.path.join(dirpath, name) for name in filenames)
+    def on_error(path: str, exc: OSError | None) -> None:
+        if exc is None:
+            skipped.append(Skipped(path, "no such file or directory"))
         else:
-            skipped.append(Skipped(root, "no such file or directory"))
-    return sorted(found)
+            skipped.append(Skipped(path, f"unreadable: {describe_error(exc)}"))
+
+    return walk_paths(paths, on_error)
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _scan_results(
+    table: PathTable,
+    workers: int,
+    executor: Executor | None,
+    progress: Callable[[int], None] | None,
+) -> Iterator[list[_Header | Skipped]]:
+    """Header results chunk by chunk, in table order. Chunks are cut from the table as they
+    are submitted, with a bounded number in flight, so only those chunks' paths exist as
+    Python strings at any time."""
+    n = len(table)
+    own = None
+    if executor is not None and n > 256:
+        pool, size = executor, max(16, min(512, n // (max(1, workers) * 8) or 1))
+    elif workers == 1 or n < _MIN_FILES_FOR_PROCESSES:
+        pool, size = None, 256
+    else:
+        # Small chunks keep workers busy to the end; large ones amortise pickling.
+        size = max(16, min(512, n // (workers * 8) or 1))
+        own = pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
+    try:
+        starts = iter(range(0, n, size))
+        if pool is None:
+            for start in starts:
+                chunk = table.slice(start, start + size)
+                yield _scan_chunk(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            return
+        ahead = 4 * max(1, workers)
+        pending: list[tuple[int, Any]] = []
+        while True:
+            while len(pending) < ahead:
+                start = next(starts, None)
+                if start is None:
+                    break
+                chunk = table.slice(start, start + size)
+                pending.append((len(chunk), pool.submit(_scan_chunk, chunk)))
+            if not pending:
+                return
+            count, future = pending.pop(0)
+            yield future.result()
+            if progress is not None:
+                progress(count)
+    finally:
+        if own is not None:
+            own.shutdown(cancel_futures=True)
 
 
 def _mp_context() -> Any:
@@ -1156,7 +1199,7 @@ def _mp_context() -> Any:
 
 
 def scan_dicom(
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path] | PathTable,
     pseudo: Pseudonymizer,
     workers: int = 1,
     *,
@@ -1171,8 +1214,16 @@ def scan_dicom(
     image (Modality CT, a CT SOP class, Rows/Columns present, not a localizer, no burned-in
     annotation); files repeating an already seen SOPInstanceUID are reported as duplicates.
 
+    Memory: an archive's files are listed in a :class:`radengine.data.paths.PathTable` (each
+    folder once, each name as bytes), headers are read chunk by chunk with a bounded number of
+    chunks in flight, and each kept file is remembered as three numbers (its series, frames
+    and a 128-bit digest of its SOPInstanceUID for the duplicate check), never as Python
+    objects; a series' paths become strings only while it is sorted. Skipped files are the
+    exception: each is a :class:`Skipped` entry with its reason (docs/benchmarks.md states
+    the planner's memory on a 12M-file listing).
+
     Args:
-        paths: Files and directories to scan.
+        paths: Files and directories to scan, or an already walked PathTable.
         pseudo: Pseudonymiser for the series keys.
         workers: Worker processes for the header reads (1 = in this process). Trees of fewer
             than 4096 files are scanned in this process anyway: starting workers costs more.
@@ -1194,57 +1245,89 @@ def scan_dicom(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     skipped: list[Skipped] = []
-    files = _walk(paths, skipped)
-    results: list[_Header | Skipped] = []
-    if executor is not None and len(files) > 256:
-        size = max(16, min(512, len(files) // (workers * 8) or 1))
-        chunks = list(_chunks(files, size))
-        for chunk, part in zip(chunks, executor.map(_scan_chunk, chunks), strict=True):
-            results.extend(part)
-            if progress is not None:
-                progress(len(chunk))
-    elif workers == 1 or len(files) < _MIN_FILES_FOR_PROCESSES:
-        for chunk in _chunks(files, 256):
-            results.extend(_scan_chunk(chunk))
-            if progress is not None:
-                progress(len(chunk))
-    else:
-        # Small chunks keep workers busy to the end; large ones amortise pickling.
-        size = max(16, min(512, len(files) // (workers * 8) or 1))
-        chunks = list(_chunks(files, size))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-            for chunk, part in zip(chunks, pool.map(_scan_chunk, chunks), strict=True):
-                results.extend(part)
-                if progress is not None:
-                    progress(len(chunk))
-
-    by_series: dict[str, list[_Header]] = {}
-    seen_sop: dict[str, str] = {}
-    for item in results:  # in path order, so "the first copy" is well defined
-        if isinstance(item, Skipped):
-            skipped.append(item)
-            continue
-        path, series_uid, sop_uid, _ = item
-        if sop_uid and sop_uid in seen_sop:
-            skipped.append(
-                Skipped(path, f"duplicate SOPInstanceUID: the same image as {seen_sop[sop_uid]}")
+    table = walk_files(paths, skipped)
+    # Per file, in flat arrays (no Python object per kept file): its series' number, its
+    # frames and a 128-bit digest of its SOPInstanceUID (zero bytes: none, or skipped).
+    series_of = array("i")
+    frames_of = array("i")
+    sops = bytearray()
+    no_sop = bytes(16)
+    series_codes: dict[str, int] = {}
+    for part in _scan_results(table, workers, executor, progress):
+        for item in part:
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                series_of.append(-1)
+                frames_of.append(0)
+                sops += no_sop
+                continue
+            _, series_uid, sop_uid, frames = item
+            series_of.append(series_codes.setdefault(series_uid, len(series_codes)))
+            frames_of.append(frames)
+            sops += (
+                hashlib.blake2b(sop_uid.encode(), digest_size=16).digest() if sop_uid else no_sop
             )
-            continue
-        if sop_uid:
-            seen_sop[sop_uid] = path
-        by_series.setdefault(series_uid, []).append(item)
+    series_arr = (
+        np.frombuffer(series_of, dtype=np.int32).copy() if len(series_of) else np.zeros(0, np.int32)
+    )
+    frames_arr = (
+        np.frombuffer(frames_of, dtype=np.int32) if len(frames_of) else np.zeros(0, np.int32)
+    )
+    skipped += _drop_duplicates(table, series_arr, sops)
+    del series_of, sops  # the digests' only use was the duplicate check
 
-    series = [
-        SeriesRef(
-            uid_key=pseudo.key("series", uid),
-            files=[h[0] for h in headers],
-            frames=sum(h[3] for h in headers),
+    kept = np.flatnonzero(series_arr >= 0).astype(np.int32)
+    order = kept[np.argsort(series_arr[kept], kind="stable")]
+    del kept
+    bounds = np.flatnonzero(np.diff(series_arr[order])) + 1
+    uids = list(series_codes)
+    series = []
+    for members in np.split(order, bounds) if len(order) else []:
+        # each series' files sorted by path: only this series' paths as strings
+        paths_of = sorted(zip(table.take(members), members.tolist(), strict=True))
+        series.append(
+            SeriesRef(
+                uid_key=pseudo.key("series", uids[int(series_arr[members[0]])]),
+                files=PathList(table, [i for _, i in paths_of]),
+                frames=int(frames_arr[members].sum()),
+            )
         )
-        for uid, headers in by_series.items()
-    ]
-    series.sort(key=lambda s: (s.uid_key, s.files))
+    series.sort(key=lambda s: s.uid_key)
     skipped.sort(key=lambda s: (s.path, s.reason))
     return series, skipped
+
+
+def _drop_duplicates(table: PathTable, series_of: np.ndarray, sops: bytearray) -> list[Skipped]:
+    """Files that repeat a kept file's SOPInstanceUID: all but the first by path are marked
+    dropped in ``series_of`` (-1) and returned as skipped entries naming that first copy.
+
+    Sorted by the digest's first 64 bits (int32 file numbers, one uint64 key per kept file);
+    files whose keys agree are then told apart by the whole 128-bit digest."""
+    if not len(series_of):
+        return []
+    digests = np.frombuffer(sops, dtype=np.uint64).reshape(-1, 2)
+    candidates = np.flatnonzero((series_of >= 0) & (digests != 0).any(axis=1)).astype(np.int32)
+    keys = digests[candidates, 0]
+    order = np.argsort(keys, kind="stable")
+    keys, candidates = keys[order], candidates[order]
+    del order
+    repeats = np.flatnonzero(keys[1:] == keys[:-1])
+    if not len(repeats):
+        return []
+    groups: dict[bytes, list[int]] = {}
+    for i in np.union1d(repeats, repeats + 1).tolist():
+        f = int(candidates[i])
+        groups.setdefault(digests[f].tobytes(), []).append(f)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ranked = sorted(zip(table.take(members), members, strict=True))
+        first = ranked[0][0]
+        for path, f in ranked[1:]:
+            series_of[f] = -1
+            out.append(Skipped(path, f"duplicate SOPInstanceUID: the same image as {first}"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

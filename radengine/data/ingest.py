@@ -184,23 +184,23 @@ def checked_sources(sources: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def _walk_files(src: Path, skipped: list) -> list[Path]:
-    """Files under ``src`` (or ``src`` itself), sorted. Folders that vanish or cannot be
-    listed while the walk runs (a busy folder such as /tmp) are skipped with a reason."""
+def _walk_sources(sources: Sequence[Path], skipped: list, nifti: list[tuple[str, str]]):
+    """Every file under ``sources`` as a PathTable; NIfTI files go to ``nifti`` instead, as
+    (the source entry, the path). Folders that vanish or cannot be listed while the walk runs
+    (a busy folder such as /tmp) are skipped with a reason."""
     from radengine.data.dicom import Skipped, describe_error
+    from radengine.data.paths import walk
 
-    if not src.is_dir():
-        return [src]
+    def on_error(path: str, exc: OSError | None) -> None:
+        reason = (
+            "no such file or directory" if exc is None else f"unreadable: {describe_error(exc)}"
+        )
+        skipped.append(Skipped(path, reason))
 
-    def on_error(exc: OSError) -> None:
-        skipped.append(Skipped(str(exc.filename or src), f"unreadable: {describe_error(exc)}"))
+    def is_nifti(name: str) -> bool:
+        return name.lower().endswith((".nii", ".nii.gz"))
 
-    found = []
-    # Symbolic links to folders are not followed (a link cycle cannot hang the walk).
-    for dirpath, dirnames, filenames in os.walk(src, onerror=on_error):
-        dirnames.sort()
-        found += [Path(dirpath) / name for name in filenames]
-    return sorted(found)
+    return walk(sources, on_error, exclude=is_nifti, excluded=nifti)
 
 
 def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1, executor=None):
@@ -212,17 +212,18 @@ def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1, executor=No
     from radengine.data import dicom, nifti
     from radengine.data.images import IMAGE_EXTENSIONS
 
-    files, nifti_files, rel, skipped = [], [], {}, []
-    for src in checked_sources(sources):
-        for f in _walk_files(src, skipped):
-            if f.name.lower().endswith((".nii", ".nii.gz")):
-                nifti_files.append(f)
-                # The volume's identity: its path under the source, so that <case>/ct.nii.gz
-                # layouts give one patient per case and moving the archive changes nothing.
-                rel[os.path.abspath(f)] = f.name if f == src else str(f.relative_to(src))
-            else:
-                files.append(f)
-    if files:
+    skipped: list = []
+    found_nifti: list[tuple[str, str]] = []
+    # A compact listing (radengine.data.paths): millions of files without a Python object
+    # each; NIfTI volumes (few) are set aside by name.
+    files = _walk_sources(checked_sources(sources), skipped, found_nifti)
+    nifti_files, rel = [], {}
+    for entry, path in found_nifti:
+        nifti_files.append(Path(path))
+        # The volume's identity: its path under the source, so that <case>/ct.nii.gz layouts
+        # give one patient per case and moving the archive changes nothing.
+        rel[path] = os.path.basename(path) if path == entry else os.path.relpath(path, entry)
+    if len(files):
         refs, found = dicom.scan_dicom(files, pseudo, workers=workers, executor=executor)
         for s in found:
             # A JPEG or PNG in a CT source is a mix-up of commands, not a corrupt DICOM file.
