@@ -4,6 +4,7 @@ access, and deterministic patient-level splits and subsets."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,3 +316,41 @@ def test_upgrade_refuses_an_unfinished_store_and_verify_catches_a_stale_index(tm
         Store(tmp_path / "s")
     assert main(["store", "upgrade", str(tmp_path / "s")]) == 0  # rebuilt from the shards
     assert Store(tmp_path / "s").verify() == []
+
+
+# What radengine's version-1 code (commit ff92632) wrote and selected for the fixture
+# tests/data/fixtures/store-v1, made by that code: version 2 must read and upgrade it to
+# the same content, splits and digest.
+V1_FIXTURE = Path(__file__).parent / "fixtures" / "store-v1"
+V1_DIGEST = "85e94c6b706579d8b26943a017d12cd0f12f9d23d713d1e3b451dd1ac8668d93"
+V1_SELECT = {
+    ("train", 1.0): [0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 14, 16, 17],
+    ("val", 1.0): [12, 15],
+    ("test", 1.0): [7, 10],
+    ("train", 0.5): [0, 2, 3, 5, 6, 9, 13, 16],
+}
+
+
+def test_a_store_written_by_version_1_code_reads_and_upgrades_the_same(tmp_path, capsys):
+    import shutil
+
+    from radengine.cli import main
+
+    path = tmp_path / "v1"
+    shutil.copytree(V1_FIXTURE, path)
+    raw = np.load(path / "index.npz")
+    for step in ("read", "upgraded"):
+        store = Store(path)
+        assert store.version == (1 if step == "read" else 2)
+        assert store.digest() == V1_DIGEST and len(store) == 18
+        for (split, fraction), rows in V1_SELECT.items():
+            assert store.select(split, fraction=fraction, seed=3).tolist() == rows, (step, split)
+        assert store.select(labelled=True).tolist() == np.flatnonzero(raw["label"] >= 0).tolist()
+        for col in ("patient", "series", "manufacturer"):
+            np.testing.assert_array_equal(store.column(col), raw[col])
+        np.testing.assert_array_equal(store.index["kvp"], raw["kvp"])  # NaN where unknown
+        np.testing.assert_allclose(store.index["slice_position"], raw["slice_position"])
+        assert store.verify() == []
+        if step == "read":
+            assert main(["store", "upgrade", str(path)]) == 0
+    assert "format version 1 -> 2 (18 slices in 3 shards" in capsys.readouterr().out
