@@ -316,6 +316,89 @@ class Skipped:
     hint: str | None = None
 
 
+SKIPPED_IN_MEMORY = 100_000
+"""Skipped entries :func:`scan_dicom` holds before it spills them to a temporary file: the
+budget of per-file objects an archive of mostly unusable files costs."""
+
+
+def _skipped_order(s: Skipped) -> tuple[str, str]:
+    return (s.path, s.reason)
+
+
+class SpooledSkipped:
+    """The skipped entries of a scan too large to hold: those spilled to an unlinked
+    temporary file (in path order) merged with those kept in memory, in (path, reason)
+    order, each time it is iterated. Compares equal to the list of the same entries."""
+
+    def __init__(self, spill: Any, spilled: int, tail: list[Skipped], others: list[Skipped]):
+        self._spill = spill  # a TemporaryFile: gone from the disk when this object is
+        self._spilled = spilled
+        self._tail = tail
+        self._others = others
+
+    def __len__(self) -> int:
+        return self._spilled + len(self._tail) + len(self._others)
+
+    def _read_spill(self) -> Iterator[Skipped]:
+        import json
+
+        fd, offset, rest = self._spill.fileno(), 0, b""
+        while block := os.pread(fd, 1 << 20, offset):  # pread: iterations do not interfere
+            offset += len(block)
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield Skipped(*json.loads(line))
+
+    def __iter__(self) -> Iterator[Skipped]:
+        import heapq
+
+        return heapq.merge(
+            self._read_spill(), iter(self._tail), iter(self._others), key=_skipped_order
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (SpooledSkipped, list)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _SkipSpool:
+    """Collects a scan's skipped entries, which arrive in path order: up to ``budget`` in
+    memory, the rest appended to a temporary file (json lines)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.entries: list[Skipped] = []
+        self.file: Any = None
+        self.spilled = 0
+
+    def add(self, s: Skipped) -> None:
+        self.entries.append(s)
+        if len(self.entries) >= self.budget:
+            import json
+            import tempfile
+
+            if self.file is None:
+                self.file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the result)
+            lines = (json.dumps([e.path, e.reason, e.hint]) + "\n" for e in self.entries)
+            self.file.write("".join(lines).encode())
+            self.file.flush()
+            self.spilled += len(self.entries)
+            self.entries = []
+
+    def result(self, others: list[Skipped]) -> list[Skipped] | SpooledSkipped:
+        """Every entry, in (path, reason) order: a list while they fit the budget."""
+        if self.file is None:
+            return sorted(self.entries + others, key=_skipped_order)
+        return SpooledSkipped(
+            self.file, self.spilled, sorted(self.entries, key=_skipped_order),
+            sorted(others, key=_skipped_order),
+        )  # fmt: skip
+
+
 @dataclass
 class SeriesRef:
     """One CT series found by :func:`scan_dicom` (headers only, nothing decoded).
@@ -1218,12 +1301,14 @@ def scan_dicom(
     folder once, each name as bytes), headers are read chunk by chunk with a bounded number of
     chunks in flight, and each kept file is remembered as three numbers (its series, frames
     and a 128-bit digest of its SOPInstanceUID for the duplicate check), never as Python
-    objects; a series' paths become strings only while it is sorted. Skipped files are the
-    exception: each is a :class:`Skipped` entry with its reason (docs/benchmarks.md states
-    the planner's memory on a 12M-file listing).
+    objects; a series' paths become strings only while it is sorted. Skipped files are held
+    as :class:`Skipped` entries up to :data:`SKIPPED_IN_MEMORY`, the rest in a temporary file
+    (then ``skipped`` is a :class:`SpooledSkipped`, iterable in the same order).
+    docs/benchmarks.md states the planner's memory on a 12M-file listing.
 
     Args:
-        paths: Files and directories to scan, or an already walked PathTable.
+        paths: Files and directories to scan, or a PathTable in path order (what
+            :func:`radengine.data.paths.walk` makes).
         pseudo: Pseudonymiser for the series keys.
         workers: Worker processes for the header reads (1 = in this process). Trees of fewer
             than 4096 files are scanned in this process anyway: starting workers costs more.
@@ -1234,7 +1319,8 @@ def scan_dicom(
 
     Returns:
         ``(series, skipped)``: series sorted by ``uid_key``, each with its files sorted by
-        path, and every file that was not kept, sorted by path. The result does not depend on
+        path, and every file that was not kept, sorted by path (a list, or a
+        :class:`SpooledSkipped` beyond :data:`SKIPPED_IN_MEMORY` entries). The result does not depend on
         the order of ``paths`` or of directory listings.
 
     Raises:
@@ -1244,8 +1330,9 @@ def scan_dicom(
     _import_pydicom()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    skipped: list[Skipped] = []
+    skipped: list[Skipped] = []  # the walk's and the duplicates: few
     table = walk_files(paths, skipped)
+    spool = _SkipSpool(SKIPPED_IN_MEMORY)  # the headers': in path order, possibly millions
     # Per file, in flat arrays (no Python object per kept file): its series' number, its
     # frames and a 128-bit digest of its SOPInstanceUID (zero bytes: none, or skipped).
     series_of = array("i")
@@ -1256,7 +1343,7 @@ def scan_dicom(
     for part in _scan_results(table, workers, executor, progress):
         for item in part:
             if isinstance(item, Skipped):
-                skipped.append(item)
+                spool.add(item)
                 series_of.append(-1)
                 frames_of.append(0)
                 sops += no_sop
@@ -1293,8 +1380,7 @@ def scan_dicom(
             )
         )
     series.sort(key=lambda s: s.uid_key)
-    skipped.sort(key=lambda s: (s.path, s.reason))
-    return series, skipped
+    return series, spool.result(skipped)
 
 
 def _drop_duplicates(table: PathTable, series_of: np.ndarray, sops: bytearray) -> list[Skipped]:

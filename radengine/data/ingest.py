@@ -29,7 +29,7 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -43,6 +43,7 @@ from radengine.data.store import (
     Store,
     StoreWriter,
     atomic_write_bytes,
+    atomic_write_chunks,
     commit_shard,
     remove_temp_files,
 )
@@ -207,7 +208,8 @@ def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1, executor=No
     """Find DICOM series and NIfTI volumes under ``sources``: (units, skipped).
 
     No single file can stop the scan: each one that vanishes, cannot be read or crashes a
-    parser is a skipped entry with its reason.
+    parser is a skipped entry with its reason. ``skipped`` is an iterable of them (the
+    DICOM scan's may be spooled to a temporary file: radengine.data.dicom.SpooledSkipped).
     """
     from radengine.data import dicom, nifti
     from radengine.data.images import IMAGE_EXTENSIONS
@@ -223,15 +225,19 @@ def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1, executor=No
         # The volume's identity: its path under the source, so that <case>/ct.nii.gz layouts
         # give one patient per case and moving the archive changes nothing.
         rel[path] = os.path.basename(path) if path == entry else os.path.relpath(path, entry)
+    found: Iterable = ()
     if len(files):
         refs, found = dicom.scan_dicom(files, pseudo, workers=workers, executor=executor)
+    else:
+        refs = []
+
+    def scanned():  # lazily: the scan's entries may be millions
         for s in found:
             # A JPEG or PNG in a CT source is a mix-up of commands, not a corrupt DICOM file.
             if s.path.lower().endswith(IMAGE_EXTENSIONS) and s.reason.startswith("not a DICOM"):
                 s = dicom.Skipped(s.path, "an image file (JPEG, PNG, ...), not DICOM", IMAGES_HINT)
-            skipped.append(s)
-    else:
-        refs = []
+            yield s
+
     units = [Unit("dicom", f"d:{r.uid_key}", r.frames, r) for r in refs]
     volumes, nskipped = nifti.scan_nifti(nifti_files) if nifti_files else ([], [])
     skipped += nskipped
@@ -248,7 +254,18 @@ def scan_ct(sources: Sequence[str | Path], pseudo, workers: int = 1, executor=No
             )
             continue
         units.append(Unit("nifti", f"n:{key}", depth, (path, ident)))
-    return units, skipped
+    return units, _Entries(skipped, scanned)
+
+
+class _Entries:
+    """Skipped entries from a list and a generator function: iterable more than once."""
+
+    def __init__(self, listed: list, more: Callable[[], Iterator]) -> None:
+        self.listed, self.more = listed, more
+
+    def __iter__(self) -> Iterator:
+        yield from self.listed
+        yield from self.more()
 
 
 def _nifti_depth(path: str) -> int:
@@ -686,21 +703,36 @@ def _run(writer, units, skipped, shard_slices, pool, progress, t0, worker_fn, ar
     if bar is not None:
         bar.close()
 
-    # Errors: the scan's, then every shard's (also those of shards done by an earlier run).
-    all_skipped = [asdict(s) for s in skipped]
-    for i in range(len(plan)):
-        p = wd / f"errors-{i:06d}.jsonl"
-        if p.exists():
-            all_skipped += [json.loads(line) for line in p.read_text().splitlines() if line]
-    summary.skipped = len(all_skipped)
-    summary.skipped_by_reason = dict(
-        Counter(_reason_class(s["reason"]) for s in all_skipped).most_common()
-    )
-    for s in all_skipped:
-        if s.get("hint"):
-            summary.hints.setdefault(_reason_class(s["reason"]), s["hint"])
+    # Errors: the scan's, then every shard's (also those of shards done by an earlier run),
+    # streamed into errors.jsonl and counted on the way: never all of them in memory.
+    reasons: Counter = Counter()
+
+    def entries() -> Iterator[dict]:
+        for s in skipped:
+            yield s if isinstance(s, dict) else asdict(s)
+        for i in range(len(plan)):
+            p = wd / f"errors-{i:06d}.jsonl"
+            if p.exists():
+                with open(p, encoding="utf-8") as f:
+                    yield from (json.loads(line) for line in f if line.strip())
+
+    def lines() -> Iterator[bytes]:
+        batch = []
+        for s in entries():
+            reason = _reason_class(s["reason"])
+            reasons[reason] += 1
+            if s.get("hint"):
+                summary.hints.setdefault(reason, s["hint"])
+            batch.append(json.dumps(s) + "\n")
+            if len(batch) == 4096:
+                yield "".join(batch).encode()
+                batch = []
+        yield "".join(batch).encode()
+
     errors_file = wd / "errors.jsonl"
-    _write_errors(errors_file, all_skipped)
+    atomic_write_chunks(errors_file, lines())
+    summary.skipped = sum(reasons.values())
+    summary.skipped_by_reason = dict(reasons.most_common())
     summary.errors_file = str(errors_file)
 
     if writer.count() == 0:

@@ -114,13 +114,15 @@ def walk(
     exclude: Callable[[str], bool] | None = None,
     excluded: list[tuple[str, str]] | None = None,
 ) -> PathTable:
-    """Every file under ``paths`` (folders, walked recursively; files), each once.
+    """Every file under ``paths`` (folders, walked recursively; files), each once, in the
+    order of their path strings.
 
-    Entries are made absolute and sorted; an entry inside a folder that is also given is
-    dropped (it is found by that folder's walk), so overlapping inputs give each file once,
-    in an order that depends only on the set of files. Folders are walked in sorted order
-    with their files sorted; symbolic links to folders are not followed (a link cycle cannot
-    hang the walk).
+    Entries are made absolute; an entry inside a folder that is also given is dropped (that
+    folder's walk finds it), so overlapping inputs give each file once. Files come out sorted
+    as ``sorted()`` sorts their paths (each folder's entries are visited by name, a folder's
+    as ``name/``, which is where its paths sort), so whatever follows a file's position (the
+    scan's skipped entries) is in path order without a sort of the whole listing. Symbolic
+    links to folders are not followed (a link cycle cannot hang the walk).
 
     Args:
         paths: Folders and files.
@@ -130,8 +132,9 @@ def walk(
         excluded: Receives ``(entry, path)`` for each excluded file: the given entry it was
             found under (for paths relative to it) and its path.
     """
-    entries = sorted({os.path.abspath(os.fspath(p)) for p in paths})
-    folders = {e for e in entries if os.path.isdir(e)}
+    absolute = {os.path.abspath(os.fspath(p)) for p in paths}
+    folders = {e for e in absolute if os.path.isdir(e)}
+    entries = sorted(absolute, key=lambda e: e + os.sep if e in folders else e)
     table = PathTable()
 
     def inside_another(entry: str) -> bool:
@@ -154,15 +157,37 @@ def walk(
             names = keep
         table.add(folder, names)
 
+    def visit(entry: str, folder: str) -> None:
+        try:
+            with os.scandir(folder) as listing:
+                items = []
+                for e in listing:
+                    try:
+                        is_folder = e.is_dir()  # a link to a folder is one, but not walked
+                        walk_in = is_folder and not e.is_symlink()
+                    except OSError:
+                        is_folder = walk_in = False
+                    items.append((e.name + os.sep if is_folder else e.name, e.name, walk_in))
+        except OSError as exc:
+            on_error(exc.filename or folder, exc)
+            return
+        items.sort()
+        run: list[str] = []
+        for key, name, walk_in in items:
+            if key.endswith(os.sep):
+                take(entry, folder, run)
+                run = []
+                if walk_in:
+                    visit(entry, os.path.join(folder, name))
+            else:
+                run.append(name)
+        take(entry, folder, run)
+
     for entry in entries:
-        if inside_another(entry):
-            continue
+        if inside_another(entry) and os.path.lexists(entry):
+            continue  # that folder's walk lists it (a missing one is still reported)
         if entry in folders:
-            for folder, subfolders, names in os.walk(
-                entry, onerror=lambda exc, e=entry: on_error(exc.filename or e, exc)
-            ):
-                subfolders.sort()
-                take(entry, folder, sorted(names))
+            visit(entry, entry)
         elif os.path.isfile(entry):
             take(entry, os.path.dirname(entry), [os.path.basename(entry)])
         else:

@@ -49,7 +49,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,11 +109,20 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview, *, sync_dir: bool =
     disk, an interrupt) the temporary file is removed before the exception propagates, so a
     failed write never leaves the disk fuller than before; what a SIGKILL leaves,
     :func:`remove_temp_files` clears on the next run."""
+    atomic_write_chunks(path, (data,), sync_dir=sync_dir)
+
+
+def atomic_write_chunks(
+    path: Path, chunks: Iterable[bytes | memoryview], *, sync_dir: bool = True
+) -> None:
+    """:func:`atomic_write_bytes` for data produced piece by piece (a file of millions of
+    lines is never one string in memory)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for data in chunks:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -234,6 +234,23 @@ def test_bundled_non_ct_files_are_skipped_with_reasons(tmp_path: Path) -> None:
     assert reasons["README.txt"].startswith("not a DICOM file")
 
 
+def test_skipped_entries_beyond_the_budget_spill_to_a_file_in_the_same_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i, name in enumerate(["MR_small.dcm", "rtplan.dcm", "README.txt"] * 3):
+        (tmp_path / f"d{i % 2}").mkdir(exist_ok=True)
+        shutil.copy(get_testdata_file(name), tmp_path / f"d{i % 2}" / f"{i}-{name}")
+    (tmp_path / "d0" / "a.dcm").write_bytes(b"DICM" * 4)
+    reference = scan_dicom([tmp_path, tmp_path / "missing"], Pseudonymizer(SECRET))
+    assert isinstance(reference[1], list) and len(reference[1]) == 11
+    monkeypatch.setattr(dicom_mod, "SKIPPED_IN_MEMORY", 2)
+    series, skipped = scan_dicom([tmp_path, tmp_path / "missing"], Pseudonymizer(SECRET))
+    assert isinstance(skipped, dicom_mod.SpooledSkipped) and len(skipped) == 11
+    assert series == reference[0] == [] and skipped == reference[1]
+    assert list(skipped) == list(skipped)  # iterable again, from the start
+    assert [s.path for s in skipped] == sorted(s.path for s in skipped)
+
+
 # --------------------------------------------------------------------------------------------
 # The synthetic DICOM set, end to end
 # --------------------------------------------------------------------------------------------

@@ -289,16 +289,25 @@ def test_files_that_vanish_or_turn_unreadable_during_the_scan_are_skipped(
     files = sorted(str(p) for p in src.rglob("*.dcm"))
     vanished, locked, later = files[0], files[5], files[9]
 
-    # A folder deleted between its listing and its walk (os.walk's own race).
-    real_walk = os.walk
+    # A folder deleted between its listing and its walk (a walk's own race).
+    real_scandir = os.scandir
 
-    def racing_walk(top, *args, **kwargs):
-        for item in real_walk(top, *args, **kwargs):
-            yield item
-            if item[0] == str(src / "p0001"):  # listed, not yet walked into
-                shutil.rmtree(src / "p0001" / "gone-dir")
+    class Listed(list):  # os.scandir's result: iterable and a context manager
+        def __enter__(self):
+            return self
 
-    monkeypatch.setattr(os, "walk", racing_walk)
+        def __exit__(self, *exc):
+            return False
+
+    def racing_scandir(path="."):
+        if isinstance(path, int):  # shutil.rmtree lists by file descriptor
+            return real_scandir(path)
+        entries = Listed(real_scandir(path))
+        if os.fspath(path) == str(src / "p0001"):  # listed, not yet walked into
+            shutil.rmtree(src / "p0001" / "gone-dir")
+        return entries
+
+    monkeypatch.setattr(os, "scandir", racing_scandir)
 
     # A file deleted and one made unreadable after the walk, before its header is read
     # (root reads files whatever their mode, so the permission error is raised directly).
@@ -558,3 +567,27 @@ def test_a_bad_source_creates_no_secret(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="inside the store"):
         ingest.ingest_ct([tmp_path], tmp_path / "store", secret=tmp_path / "store" / "k")
     assert not (tmp_path / "store").exists()
+
+
+def test_errors_file_is_the_same_when_the_scans_skipped_entries_spill(
+    archive, tmp_path, monkeypatch
+):
+    """Beyond dicom.SKIPPED_IN_MEMORY the scan's skipped entries go to a temporary file and
+    errors.jsonl is streamed: the same file, entry for entry, as when they fit in memory."""
+    from radengine.data import dicom
+
+    (archive / "notes").mkdir(exist_ok=True)
+    for i in range(5):
+        (archive / "notes" / f"n{i}.txt").write_text("not an image")
+    try:
+        secret = tmp_path / "secret"
+        a, b = tmp_path / "a", tmp_path / "b"
+        ingest.ingest_ct([archive], a, size=16, workers=1, secret=secret, progress=False)
+        monkeypatch.setattr(dicom, "SKIPPED_IN_MEMORY", 2)
+        summary = ingest.ingest_ct([archive], b, size=16, workers=1, secret=secret, progress=False)
+    finally:
+        shutil.rmtree(archive / "notes")
+    errors = (ingest.work_dir(a) / "errors.jsonl").read_bytes()
+    assert errors == (ingest.work_dir(b) / "errors.jsonl").read_bytes()
+    assert summary.skipped == len(errors.splitlines()) >= 5
+    assert sum(summary.skipped_by_reason.values()) == summary.skipped

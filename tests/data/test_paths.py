@@ -79,3 +79,16 @@ def test_walk_reports_a_folder_it_cannot_list(tmp_path, monkeypatch):
     table = walk([tmp_path], lambda p, e: errors.append((p, e)))
     assert list(table) == [str(tmp_path / "open" / "g")]
     assert [(p, type(e)) for p, e in errors] == [(str(tmp_path / "locked"), PermissionError)]
+
+
+def test_walk_order_is_the_sorted_order_of_the_paths(tmp_path):
+    """Folders whose names share a prefix with files or other folders ("a", "a.txt",
+    "a-b", "a b"): the walk still lists every path where sorted() puts it."""
+    rels = ["a/x", "a/b/y", "a.txt", "a-b/z", "a b/w", "ab", "a/b-c/v", "a/b.c", "Z/q", "é/r"]
+    for rel in rels:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    listed = list(walk([tmp_path], lambda p, e: None))
+    assert listed == sorted(str(tmp_path / r) for r in rels)
+    two = list(walk([tmp_path / "a-b", tmp_path / "a", tmp_path / "a.txt"], lambda p, e: None))
+    assert two == sorted(two) and len(two) == 6
