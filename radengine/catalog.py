@@ -177,17 +177,18 @@ def _first_sentence(text: str | None) -> str:
 
 def _methods() -> Section:
     from radengine.config import PretrainConfig
-    from radengine.ssl import METHODS
+    from radengine.ssl import METHODS, method_class
 
     default = PretrainConfig().method
     entries = []
-    for name, factory in METHODS.items():
-        module = sys.modules.get(factory.__module__)
+    for name in METHODS:
+        cls = method_class(name)
+        module = sys.modules.get(cls.__module__)
         text = _first_sentence(module.__doc__ if module else None)
         entries.append(
             Entry(
                 name,
-                text or _first_sentence(factory.__doc__),
+                text or _first_sentence(cls.__doc__),
                 ("pretrain method",) if name == default else (),
             )
         )

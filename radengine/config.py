@@ -124,11 +124,14 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
+    """The backbone and the method's projector (``proj_hidden`` null: the backbone's
+    feature width). A method's recipe sets the projector's shape (``radengine.ssl``)."""
+
     arch: str = "resnet18"
-    proj_dim: int = 128
-    proj_hidden: int | None = None  # None: the backbone's feature width
-    proj_layers: int = 2
-    proj_bn: bool = True
+    proj_dim: int = 128  # output width (DINO: the number of prototypes)
+    proj_hidden: int | None = None  # hidden width; None: the backbone's feature width
+    proj_layers: int = 2  # Linear layers of the projector (DINO: of its MLP)
+    proj_bn: bool = True  # BatchNorm in the projector's hidden layers
     zero_init_residual: bool = False
     sync_bn: bool = False
     channels_last: bool | None = None  # None: on for convolutional backbones
@@ -137,6 +140,9 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    """``temperature``: SimCLR's and MoCo's InfoNCE temperature, DINO's student temperature;
+    unused by BYOL, SimSiam, Barlow Twins and VICReg."""
+
     temperature: float = 0.5
     gather: bool = True  # negatives from every rank (the correct SimCLR)
 
@@ -151,6 +157,7 @@ class OptimConfig:
     lr_scaling: str = "sqrt"  # sqrt | linear | none
     momentum: float = 0.9
     weight_decay: float = 1e-6
+    weight_decay_end: float | None = None  # cosine from weight_decay to this (DINO); None: constant
     exclude_bias_and_norm: bool = True
     warmup_epochs: float = 0.5
     final_lr_fraction: float = 0.0
@@ -221,6 +228,7 @@ class PretrainConfig:
     study: str = "quickstart"
     method: str = "simclr"
     seed: int = 0
+    ssl: dict[str, Any] = field(default_factory=dict)  # the method's own keys (radengine.ssl)
     data: DataConfig = field(default_factory=DataConfig)
     stages: list[StageConfig] = field(default_factory=list)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -255,8 +263,16 @@ class PretrainConfig:
         )
         _check(self.data.workers >= 0, "data.workers", "must be >= 0")
         _check(self.augment.size >= 8, "augment.size", "must be >= 8 pixels")
-        _check(self.augment.views == 2, "augment.views", "SimCLR uses exactly 2 views")
-        _check(self.model.proj_dim >= 1, "model.proj_dim", "must be >= 1")
+        _check(
+            self.augment.views == 2,
+            "augment.views",
+            "must be 2: every method takes two global views (DINO adds local crops with "
+            "ssl.local_crops_number)",
+        )
+        m = self.model
+        _check(m.proj_dim >= 1, "model.proj_dim", "must be >= 1")
+        _check(m.proj_hidden is None or m.proj_hidden >= 1, "model.proj_hidden", "must be >= 1")
+        _check(m.proj_layers >= 1, "model.proj_layers", "must be >= 1")
         _check(self.loss.temperature > 0, "loss.temperature", "must be > 0")
         o = self.optim
         _check(o.name in ("lars", "sgd", "adamw"), "optim.name", "must be lars, sgd or adamw")
@@ -266,6 +282,11 @@ class PretrainConfig:
         _check(o.lr_scaling in ("sqrt", "linear", "none"), "optim.lr_scaling", "sqrt|linear|none")
         _check(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
         _check(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", "must be > 0 or null")
+        _check(
+            o.weight_decay_end is None or o.weight_decay_end >= 0,
+            "optim.weight_decay_end",
+            "must be >= 0 or null",
+        )
         _check(self.knn.k >= 1, "knn.k", "must be >= 1")
         t = self.train
         _check(
@@ -400,11 +421,33 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(data: Mapping[str, Any], cls: type | None = None) -> PretrainConfig:
-    """Build and validate a config from (partial) nested dicts over the defaults."""
+    """Build and validate a config from (partial) nested dicts over the defaults.
+
+    A pretraining config is layered: the defaults, then the recipe of its ``method``
+    (``radengine.ssl``: the method's heads, temperatures, optimizer and ``ssl.*`` keys, as
+    its paper gives them), then ``data``; its ``ssl`` keys are checked against the method's.
+    """
     cls = cls or PretrainConfig
-    merged = _merge(to_dict(cls()), data)
+    base = to_dict(cls())
+    if cls is PretrainConfig:
+        base = _merge(base, _method_recipe(_merge(base, data)))
+    merged = _merge(base, data)
     cfg = _build(cls, merged, "", cls)
+    if cls is PretrainConfig:
+        from radengine import ssl
+
+        cfg = ssl.check(cfg)
     return cfg.validate() if hasattr(cfg, "validate") else cfg
+
+
+def _method_recipe(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe (nested config dicts) of the method ``data`` names."""
+    from radengine import ssl
+
+    method = data.get("method", PretrainConfig.method)
+    if not isinstance(method, str):
+        raise ConfigError(f"config key 'method' must be a string, got {method!r}")
+    return ssl.method_class(method).recipe(data)
 
 
 def _parse_value(text: str) -> Any:
@@ -497,15 +540,19 @@ def load_pretrain_config(
     *,
     base: Mapping[str, Any] | None = None,
 ) -> PretrainConfig:
-    """Defaults <- ``base`` (e.g. from CLI flags) <- YAML at ``path`` <- ``overrides``.
+    """Defaults <- the method's recipe <- ``base`` (e.g. from CLI flags) <- YAML at ``path``
+    <- ``overrides``.
 
     A YAML may name a parent with ``_base_: other.yaml`` (relative to itself) to inherit
     from, so the shipped variants stay a few lines each.
     """
-    data: dict[str, Any] = _merge(to_dict(PretrainConfig()), base or {})
+    given: dict[str, Any] = dict(base or {})
     if path is not None:
-        data = _merge(data, _read_with_bases(Path(path), set()))
-    data = apply_overrides(data, overrides)
+        given = _merge(given, _read_with_bases(Path(path), set()))
+    # the method's recipe goes under what the user gave, so the method must be known first
+    first = apply_overrides(_merge(to_dict(PretrainConfig()), given), overrides)
+    data = _merge(to_dict(PretrainConfig()), _method_recipe(first))
+    data = apply_overrides(_merge(data, given), overrides)
     return config_from_dict(data)
 
 

@@ -17,7 +17,8 @@ from radengine.config import (
     dump_yaml,
     load_pretrain_config,
 )
-from radengine.engine.trainer import _resolved_lr, _spec, _window_spec
+from radengine.engine.trainer import _resolved_lr, _window_spec
+from radengine.ops.augment import AugmentSpec
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "pretrain"
 
@@ -130,5 +131,5 @@ def test_every_shipped_config_resolves(path):
         assert cfg.data.domain == "natural"
     if "hu_windows" in path.name:
         assert _window_spec(cfg).channels == 3 and not _window_spec(cfg).minmax
-    spec = _spec(cfg)  # the augmentation options are valid
+    spec = AugmentSpec.parse({"preset": cfg.augment.preset, **cfg.augment.params})  # valid
     assert spec.window_jitter_p == (0.8 if "hu_windows" in path.name else 0.0)

@@ -622,7 +622,7 @@ def bench_baseline(s: BenchSettings) -> PipelineResult:
         v1 = v1.to(s.device, non_blocking=True).contiguous(memory_format=fmt)
         v2 = v2.to(s.device, non_blocking=True).contiguous(memory_format=fmt)
         with _autocast(s.device, amp):
-            loss = model(v1, v2)
+            loss = model([v1, v2])
         loss_value = float(loss.detach().float())  # the trainer's one sync per step
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -693,7 +693,7 @@ def breakdown(s: BenchSettings, repeat: int = 3) -> dict[str, tuple[float, float
 
     def step():
         with _autocast(s.device, amp):
-            loss = model(v1, v2)
+            loss = model([v1, v2])
         float(loss.detach().float())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -287,9 +287,10 @@ def _channels(cfg: PretrainConfig, domain: str) -> int:
 
 
 def build_model(cfg: PretrainConfig, in_chans: int) -> nn.Module:
-    """The SSL module of ``cfg.method`` on a fresh ``cfg.model.arch`` backbone."""
+    """The SSL method module (``radengine.ssl``) of ``cfg.method`` on a fresh
+    ``cfg.model.arch`` backbone."""
+    from radengine import ssl
     from radengine.models import create_model
-    from radengine.ssl import METHODS
 
     m = cfg.model
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans}
@@ -301,17 +302,10 @@ def build_model(cfg: PretrainConfig, in_chans: int) -> nn.Module:
         backbone = create_model(m.arch, **kwargs)
     except (ValueError, ImportError) as exc:
         raise PretrainError(f"model.arch: {exc}") from None
-    if cfg.method not in METHODS:
-        raise PretrainError(f"unknown method {cfg.method!r}; known: {sorted(METHODS)}")
-    return METHODS[cfg.method](
-        backbone,
-        proj_dim=m.proj_dim,
-        proj_hidden=m.proj_hidden,
-        proj_layers=m.proj_layers,
-        proj_bn=m.proj_bn,
-        temperature=cfg.loss.temperature,
-        gather=cfg.loss.gather,
-    )
+    try:
+        return ssl.build(cfg, backbone)
+    except ValueError as exc:
+        raise PretrainError(f"{cfg.method}: {exc}") from None
 
 
 def _resolved_lr(cfg: PretrainConfig) -> float:
@@ -356,8 +350,38 @@ def _amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
 # ----------------------------------------------------------------------------- views
 
 
+@dataclass(frozen=True)
+class _ViewPlan:
+    """The method's views resolved against the run's augmentation: a parsed spec and an
+    output size per view (``Method.view_plan``)."""
+
+    specs: tuple[Any, ...]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, cfg: PretrainConfig, method: Any) -> _ViewPlan:
+        from radengine.ops.augment import AugmentSpec
+
+        base = {"preset": cfg.augment.preset, **cfg.augment.params}
+        try:
+            AugmentSpec.parse(base)
+        except ValueError as exc:
+            raise PretrainError(f"augment: {exc}") from None
+        specs, sizes = [], []
+        for i, view in enumerate(method.view_plan(cfg.augment.size)):
+            try:
+                specs.append(AugmentSpec.parse({**base, **view.augment}))
+            except ValueError as exc:
+                raise PretrainError(
+                    f"view {i} of {cfg.method} (its ssl.* view keys over augment.*): {exc}"
+                ) from None
+            sizes.append(view.size)
+        return cls(tuple(specs), tuple(sizes))
+
+
 def _views(
     cfg: PretrainConfig,
+    plan: _ViewPlan,
     stage: _Stage,
     batches: list[dict[str, Tensor]],
     step: int,
@@ -365,24 +389,25 @@ def _views(
     device: torch.device,
     dtype: torch.dtype,
     channels_last: bool,
-    spec: Any,
     window: Any,
-) -> tuple[Tensor, Tensor]:
-    """Two views of this rank's rows of the step's global batch, made on the device.
+) -> list[Tensor]:
+    """The method's views of this rank's rows of the step's global batch, made on the
+    device (one tensor per view: rows of every source, in source order).
 
     Parameters are sampled for the global batch of each source (seeded by step and source)
     and sliced, so the views do not depend on the number of ranks."""
     from radengine.ops.augment import augment_views, sample_params
 
     a = cfg.augment
-    v1, v2 = [], []
+    V = len(plan.specs)
+    per_view: list[list[Tensor]] = [[] for _ in range(V)]
     for k, (src, batch) in enumerate(zip(stage.sources, batches, strict=True)):
         x = batch["image"].to(device, non_blocking=True)
         n = src.rows
         is_ct = src.domain == "ct"
         params = sample_params(
-            spec,
-            a.views,
+            list(plan.specs),
+            V,
             n * dist_info.world_size,
             tuple(x.shape[1:3]),
             window if is_ct else None,
@@ -391,9 +416,9 @@ def _views(
         params = _rows(params, dist_info.rank * n, (dist_info.rank + 1) * n)
         views, _ = augment_views(
             x,
-            spec,
-            views=a.views,
-            size=a.size,
+            list(plan.specs),
+            views=V,
+            sizes=list(plan.sizes),
             intensity=a.intensity,
             repeat=a.repeat,
             mean=a.mean,
@@ -402,11 +427,9 @@ def _views(
             dtype=dtype,
             channels_last=channels_last,
         )
-        v1.append(views[0])
-        v2.append(views[1])
-    if len(v1) == 1:
-        return v1[0], v2[0]
-    return torch.cat(v1), torch.cat(v2)
+        for v in range(V):
+            per_view[v].append(views[v])
+    return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_view]
 
 
 def _rows(params: Any, lo: int, hi: int) -> Any:
@@ -425,12 +448,6 @@ def _window_spec(cfg: PretrainConfig) -> Any:
 
     a = cfg.augment
     return WindowSpec.parse(a.intensity, repeat=a.repeat, mean=a.mean, std=a.std)
-
-
-def _spec(cfg: PretrainConfig) -> Any:
-    from radengine.ops.augment import AugmentSpec
-
-    return AugmentSpec.parse({"preset": cfg.augment.preset, **cfg.augment.params})
 
 
 def _step_seed(seed: int, step: int, source: int) -> int:
@@ -668,7 +685,7 @@ class _Trainer:
         self.resume_changes = changes
 
         try:  # the augmentation options fail here, not at the first step
-            self.spec, self.window = _spec(cfg), _window_spec(cfg)
+            self.window = _window_spec(cfg)
         except ValueError as exc:
             raise PretrainError(f"augment: {exc}") from None
         self.stages = _build_stages(cfg, dist_info)
@@ -703,6 +720,7 @@ class _Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = model
+        self.view_plan = _ViewPlan.of(cfg, model)
         self.lr = _resolved_lr(cfg)
         self.optimizer = _optimizer(cfg, model, self.lr)
         self.scheduler = WarmupCosine(
@@ -873,11 +891,12 @@ class _Trainer:
         return path
 
     def _encoder_prefix(self) -> str:
-        """The prefix of the encoder's keys in the module's state dict (``backbone.``)."""
-        for name, child in self.module.named_children():
-            if child is self.module.encoder:
+        """The prefix of the encoder's keys in the module's state dict (``backbone.``;
+        DINO's ``teacher.backbone.``)."""
+        for name, child in self.module.named_modules():
+            if name and child is self.module.encoder:
                 return name + "."
-        raise RuntimeError(f"{type(self.module).__name__}.encoder is not one of its children")
+        raise RuntimeError(f"{type(self.module).__name__}.encoder is not one of its modules")
 
     def _sane_checkpoint(self) -> tuple[Path, dict[str, float]] | None:
         """The newest kept checkpoint that looks sane (see SANE_FACTOR) and its record."""
@@ -1324,8 +1343,9 @@ class _Trainer:
         stop (``stop``: this rank got a preemption signal); both come from one all-reduce,
         so every rank sees the same values at the same step."""
         cfg, s = self.cfg, self.state
-        v1, v2 = _views(
+        views = _views(
             cfg,
+            self.view_plan,
             stage,
             batch,
             s.step,
@@ -1333,9 +1353,11 @@ class _Trainer:
             self.device,
             self.view_dtype,
             self.channels_last,
-            self.spec,
             self.window,
         )
+        # the method's schedules (EMA momentum, DINO's teacher temperature) for this step
+        self.module.set_step(s.step, self.total_steps, stage.steps_per_epoch)
+        self._weight_decay_schedule()
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp)
             if self.amp is not None
@@ -1350,7 +1372,7 @@ class _Trainer:
             else None
         )
         with autocast:
-            loss = self.model(v1, v2)
+            loss = self.model(views)
         flags = torch.stack(
             [loss.detach().float(), loss.new_tensor(float(stop), dtype=torch.float32)]
         )
@@ -1386,10 +1408,25 @@ class _Trainer:
         if cfg.optim.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+        self.module.before_update()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.module.after_update()  # momentum teachers follow the updated weights
         return global_loss, stop_agreed
+
+    def _weight_decay_schedule(self) -> None:
+        """``optim.weight_decay_end``: the decayed group's weight decay on a half cosine
+        from ``optim.weight_decay`` to it over the run (DINO), a function of the step."""
+        o = self.cfg.optim
+        if o.weight_decay_end is None:
+            return
+        from radengine.ssl import cosine_schedule
+
+        wd = cosine_schedule(o.weight_decay, o.weight_decay_end, self.state.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            if group.get("name") == "decay":
+                group["weight_decay"] = wd
 
 
 def _window_label(first: int, last: int, finite: int) -> str:

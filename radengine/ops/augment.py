@@ -138,7 +138,7 @@ import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -155,8 +155,11 @@ __all__ = [
     "AugmentSpec",
     "augment_views",
     "noise_hash",
+    "per_view_sizes",
+    "per_view_specs",
     "reference_augment_views",
     "sample_params",
+    "view_seed",
 ]
 
 CROP_TRIES = 10  # torchvision RandomResizedCrop
@@ -167,6 +170,7 @@ JITTER_IDENTITY = (1.0, 1.0, 1.0, 0.0)
 _M32 = 0xFFFFFFFF
 
 Range = tuple[float, float]
+SpecLike = Union["AugmentSpec", str, Mapping[str, Any]]
 
 
 # ----------------------------------------------------------------------------- the spec
@@ -486,6 +490,20 @@ class AugmentParams:
     def to(self, device: torch.device | str) -> AugmentParams:
         return AugmentParams(**{k: None if v is None else v.to(device) for k, v in self.items()})
 
+    def view_range(self, start: int, stop: int) -> AugmentParams:
+        """The parameters of views [start, stop)."""
+        return AugmentParams(
+            **{k: None if v is None else v[start:stop].contiguous() for k, v in self.items()}
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[AugmentParams]) -> AugmentParams:
+        """The views of ``parts`` one after the other (same batch and channels)."""
+        fields = {}
+        for name, first in parts[0].items():
+            fields[name] = None if first is None else torch.cat([getattr(p, name) for p in parts])
+        return cls(**fields)
+
     def items(self) -> list[tuple[str, Tensor | None]]:
         return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
 
@@ -503,7 +521,7 @@ class AugmentParams:
 
 
 def sample_params(
-    spec: AugmentSpec | str | Mapping[str, Any],
+    spec: SpecLike | Sequence[SpecLike],
     views: int,
     batch: int,
     image_size: Sequence[int],
@@ -512,6 +530,12 @@ def sample_params(
     seed: int = 0,
 ) -> AugmentParams:
     """Draw the parameters of ``views`` views of each of ``batch`` images.
+
+    ``spec`` may also be a list of ``views`` specs, one per view (multi-crop: DINO's global
+    and local crops, BYOL's asymmetric blur and solarize). Consecutive views with equal specs
+    form a group drawn together; the only group, or the first, uses ``seed`` itself (so a
+    list of equal specs draws exactly what one spec does) and group g starting at view v
+    uses :func:`view_seed` (seed, v).
 
     The draws come from a CPU ``torch.Generator`` seeded with ``seed`` in a fixed order
     (crop, hflip, vflip, rotation, window jitter, colour jitter and its order, grayscale,
@@ -536,8 +560,19 @@ def sample_params(
     Returns:
         :class:`AugmentParams` of CPU tensors with leading dims (V, B).
     """
-    spec = AugmentSpec.parse(spec)
     V, B = _check_int(views, "views"), _check_int(batch, "batch", minimum=0)
+    specs = per_view_specs(spec, V)
+    groups = _runs(specs)
+    if len(groups) > 1:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        parts = [
+            sample_params(specs[a], b - a, B, image_size, intensity,
+                          seed=seed if a == 0 else view_seed(seed, a))
+            for a, b in groups
+        ]  # fmt: skip
+        return AugmentParams.concat(parts)
+    spec = specs[0]
     if len(image_size) != 2 or not all(int(s) >= 1 for s in image_size):
         raise ValueError(f"image_size must be (H, W) with H, W >= 1, got {image_size!r}")
     H, W = (int(s) for s in image_size)
@@ -655,15 +690,69 @@ def _random_resized_crop(u: Tensor, H: int, W: int, scale: Range, ratio: Range) 
     return torch.where(fits.any(-1, keepdim=True), box, fallback)
 
 
+def per_view_specs(spec: SpecLike | Sequence[SpecLike], views: int) -> list[AugmentSpec]:
+    """``views`` parsed specs: one spec for every view, or a list of one per view."""
+    if not isinstance(spec, (list, tuple)):
+        return [AugmentSpec.parse(spec)] * views
+    if len(spec) != views:
+        raise ValueError(
+            f"spec must be one spec or a list of one per view ({views}), got {len(spec)}"
+        )
+    return [AugmentSpec.parse(s) for s in spec]
+
+
+def per_view_sizes(
+    size: int | Sequence[int] | None, sizes: Sequence[int | Sequence[int]] | None, views: int
+) -> list[tuple[int, int]]:
+    """The (h, w) of each of ``views`` views: ``size`` for all, or ``sizes`` one per view."""
+    if sizes is None:
+        return [_size_pair(size, "size")] * views
+    if isinstance(sizes, (str, int)) or not isinstance(sizes, Sequence) or len(sizes) != views:
+        raise ValueError(f"sizes must be a list of one size per view ({views}), got {sizes!r}")
+    return [_size_pair(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+
+
+def _size_pair(size: Any, name: str) -> tuple[int, int]:
+    hw = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
+    if (
+        not isinstance(hw, (list, tuple))
+        or len(hw) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in hw)
+    ):
+        raise ValueError(f"{name} must be a positive int or an (h, w) pair, got {size!r}")
+    return int(hw[0]), int(hw[1])
+
+
+def _runs(items: Sequence[Any]) -> list[tuple[int, int]]:
+    """[start, end) of each maximal run of equal consecutive items."""
+    runs, start = [], 0
+    for i in range(1, len(items) + 1):
+        if i == len(items) or items[i] != items[start]:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
+def view_seed(seed: int, view: int) -> int:
+    """The seed of the group of views starting at ``view`` (> 0) of a draw seeded ``seed``
+    (splitmix-style mixing: neighbouring views get unrelated streams)."""
+    z = (seed * 0x9E3779B97F4A7C15 + view * 0xD1B54A32D192ED03) & (2**64 - 1)
+    z ^= z >> 31
+    z = (z * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z ^= z >> 29
+    return int(z % (2**62))
+
+
 # ----------------------------------------------------------------------------- public op
 
 
 def augment_views(
     x: Tensor,
-    spec: AugmentSpec | str | Mapping[str, Any] = "simclr",
+    spec: SpecLike | Sequence[SpecLike] = "simclr",
     *,
     views: int = 2,
     size: int | Sequence[int] = 112,
+    sizes: Sequence[int | Sequence[int]] | None = None,
     intensity: WindowSpec | WindowLike | Sequence[WindowLike] = "minmax",
     repeat: int = 3,
     mean: float | Sequence[float] | None = None,
@@ -680,9 +769,15 @@ def augment_views(
         x: int16 HU slices (B, H, W) or (B, 1, H, W), or uint8 RGB images (B, H, W, 3);
             on CPU or CUDA.
         spec: an :class:`AugmentSpec`, a preset name (:data:`PRESETS`) or a dict for
-            :meth:`AugmentSpec.parse`.
+            :meth:`AugmentSpec.parse`; or a list of V of them, one per view (multi-crop,
+            asymmetric views; see :func:`sample_params`).
         views: V >= 1 views per image.
         size: output (h, w), or one int for (size, size).
+        sizes: instead of ``size``, one output size per view (multi-crop: DINO's 2 global
+            and N local crops). Each run of consecutive views of one size is made by one
+            call of the op (every backend) on those views' params, so it matches the
+            reference of that call; the view index in the noise key (step 8) counts
+            within the run.
         intensity: CT only (ignored for RGB): anything :meth:`WindowSpec.parse` accepts:
             ``"minmax"`` (study A), a window name, (center, width), a list of them, or a
             ``WindowSpec`` (used as is: ``repeat`` is ignored; ``mean``/``std``, when
@@ -700,8 +795,8 @@ def augment_views(
 
     Returns:
         (views, params): a list of V tensors (B, C, h, w) of ``dtype`` on x's device
-        (C = 3 for RGB, windows x repeat for CT), and the :class:`AugmentParams` used
-        (CPU tensors, leading dims (V, B)).
+        (C = 3 for RGB, windows x repeat for CT; (h, w) per view with ``sizes``), and the
+        :class:`AugmentParams` used (CPU tensors, leading dims (V, B)).
 
     Raises:
         ValueError: a bad argument, naming it.
@@ -730,15 +825,9 @@ def augment_views(
     B, H, W = x.shape[0], x.shape[-3 if rgb else -2], x.shape[-2 if rgb else -1]
     if H < 1 or W < 1:
         raise ValueError(f"x has an empty image side: shape {tuple(x.shape)}")
-    spec = AugmentSpec.parse(spec)
     V = _check_int(views, "views")
-    hw = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
-    if (
-        not isinstance(hw, (list, tuple))
-        or len(hw) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in hw)
-    ):
-        raise ValueError(f"size must be a positive int or an (h, w) pair, got {size!r}")
+    specs = per_view_specs(spec, V)
+    hws = per_view_sizes(size, sizes, V)
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -754,21 +843,25 @@ def augment_views(
             raise ValueError(f"std[{i}] must be > 0, got {s}")
     C = 3 if rgb else window_spec.channels  # type: ignore[union-attr]
     if params is None:
-        params = sample_params(spec, V, B, (H, W), window_spec, seed=seed)
+        params = sample_params(specs, V, B, (H, W), window_spec, seed=seed)
     else:
         _check_params(params, V, B, C, rgb)
-    out = torch.ops.radengine.augment_views(
-        x,
-        *(t for _, t in params.items()),
-        list(hw),
-        list(mean_t),
-        list(std_t),
-        bool(window_spec is not None and window_spec.minmax),
-        dtype,
-        bool(channels_last),
-        _dispatch.requested_backend(backend) or "",
-    )
-    return list(out.unbind(0)), params
+    out: list[Tensor] = []
+    for a, b in _runs(hws):
+        part = params if (a, b) == (0, V) else params.view_range(a, b)
+        made = torch.ops.radengine.augment_views(
+            x,
+            *(t for _, t in part.items()),
+            list(hws[a]),
+            list(mean_t),
+            list(std_t),
+            bool(window_spec is not None and window_spec.minmax),
+            dtype,
+            bool(channels_last),
+            _dispatch.requested_backend(backend) or "",
+        )
+        out += made.unbind(0)
+    return out, params
 
 
 def _check_int(value: Any, name: str, minimum: int = 1) -> int:

@@ -183,8 +183,8 @@ def _nan_at(monkeypatch, steps: set[int]):
     real = simclr.SimCLR.forward
     calls = {"n": 0}
 
-    def forward(self, v1, v2):
-        loss = real(self, v1, v2)
+    def forward(self, views):
+        loss = real(self, views)
         calls["n"] += 1
         return loss * float("nan") if calls["n"] - 1 in steps else loss
 
@@ -228,9 +228,9 @@ def test_a_nan_input_is_skipped_without_a_trace(ct_store, tmp_path, monkeypatch)
 
     real = trainer._views
 
-    def views(cfg, stage, batches, step, *args):
-        v1, v2 = real(cfg, stage, batches, step, *args)
-        return (v1 * float("nan"), v2) if step == 2 else (v1, v2)
+    def views(cfg, plan, stage, batches, step, *args):
+        v1, v2 = real(cfg, plan, stage, batches, step, *args)
+        return [v1 * float("nan"), v2] if step == 2 else [v1, v2]
 
     monkeypatch.setattr(trainer, "_views", views)
     out = tmp_path / "run"
@@ -263,7 +263,7 @@ def _diverge_then_nan(monkeypatch, diverge_at: int, nan_at: int):
     real = simclr.SimCLR.forward
     calls = {"n": 0}
 
-    def forward(self, v1, v2):
+    def forward(self, views):
         n = calls["n"]
         calls["n"] += 1
         if n == diverge_at:
@@ -271,7 +271,7 @@ def _diverge_then_nan(monkeypatch, diverge_at: int, nan_at: int):
                 for m in self.modules():
                     if isinstance(m, nn.Conv2d):
                         m.weight.mul_(1e10)
-        loss = real(self, v1, v2)
+        loss = real(self, views)
         return loss * float("nan") if n == nan_at else loss
 
     monkeypatch.setattr(simclr.SimCLR, "forward", forward)

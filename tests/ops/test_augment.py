@@ -25,6 +25,7 @@ from radengine.ops.augment import (
     noise_hash,
     reference_augment_views,
     sample_params,
+    view_seed,
 )
 from radengine.ops.hu_window import WindowSpec
 from tests.conftest import DEVICES
@@ -1012,3 +1013,88 @@ def test_cpu_edge_cases(gen):
     for whole, piece in zip(views, mine, strict=True):
         assert torch.equal(piece, whole[1:4])
     assert isinstance(_native.cpu.augment_uses_fma(), bool)
+
+
+# ----------------------------------------------------------------------------- multi-crop
+
+MULTICROP_SPECS = [
+    {**EVERYTHING, "blur_p": 1.0, "solarize_p": 0.0, "crop_scale": (0.4, 1.0)},
+    {**EVERYTHING, "blur_p": 0.1, "solarize_p": 0.2, "crop_scale": (0.4, 1.0)},
+    *[{**EVERYTHING, "blur_p": 0.5, "crop_scale": (0.05, 0.4)}] * 3,
+]
+MULTICROP_SIZES = [(24, 20), (24, 20), 12, 12, 12]
+
+
+def multicrop_vs_reference(x, backend, check, seed=5, dtype=torch.float32, **kw):
+    """DINO-style views (2 global with their own specs, 3 local ones at a smaller size) by
+    ``backend`` against the reference made from the same params, one call per size (the
+    noise key's view index counts within a run of equal sizes)."""
+    V = len(MULTICROP_SPECS)
+    out, p = augment_views(
+        x, MULTICROP_SPECS, views=V, sizes=MULTICROP_SIZES, seed=seed, backend=backend,
+        dtype=dtype, **kw,
+    )  # fmt: skip
+    assert [tuple(o.shape[-2:]) for o in out] == [(24, 20)] * 2 + [(12, 12)] * 3
+    for a, b in ((0, 2), (2, 5)):
+        ref, _ = augment_views(
+            x, "none", views=b - a, size=MULTICROP_SIZES[a], params=p.view_range(a, b),
+            backend="reference", **kw,
+        )  # fmt: skip
+        for v in range(a, b):
+            check(out[v], ref[v - a])
+    return p
+
+
+def test_per_view_specs_draw_each_group_from_its_own_seed():
+    ws = WindowSpec.parse("minmax", repeat=3)
+    V, seed = len(MULTICROP_SPECS), 11
+    p = sample_params(MULTICROP_SPECS, V, 6, (30, 26), ws, seed=seed)
+    groups = [(0, 1, seed), (1, 2, view_seed(seed, 1)), (2, 5, view_seed(seed, 2))]
+    for a, b, s in groups:
+        alone = sample_params(MULTICROP_SPECS[a], b - a, 6, (30, 26), ws, seed=s)
+        for (name, t), (_, u) in zip(p.view_range(a, b).items(), alone.items(), strict=True):
+            assert torch.equal(t, u), name
+    # local crops follow their own scale; the groups are not copies of one another
+    area = p.crop[..., 2] * p.crop[..., 3] / (30 * 26)
+    assert float(area[2:].max()) <= 0.4 + 0.05 and float(area[:2].min()) >= 0.4 - 0.05
+    assert not torch.equal(p.noise_seed[0], p.noise_seed[1])
+    # a list of equal specs draws exactly what the one spec draws (SimCLR's views)
+    one = sample_params("ct", 2, 6, (30, 26), ws, seed=seed)
+    two = sample_params(["ct", "ct"], 2, 6, (30, 26), ws, seed=seed)
+    assert all(
+        torch.equal(a, b)
+        for (_, a), (_, b) in zip(one.items(), two.items(), strict=True)
+        if a is not None
+    )
+
+
+def test_per_view_specs_and_sizes_validation():
+    x = torch.zeros((2, 16, 16), dtype=torch.int16)
+    with pytest.raises(ValueError, match="one per view"):
+        augment_views(x, ["ct"] * 3, views=2, size=8)
+    with pytest.raises(ValueError, match="one size per view"):
+        augment_views(x, "ct", views=2, sizes=[8])
+    with pytest.raises(ValueError, match=r"sizes\[1\]"):
+        augment_views(x, "ct", views=2, sizes=[8, 0])
+    with pytest.raises(ValueError, match="unknown augmentation key"):
+        augment_views(x, ["ct", {"blurp": 1}], views=2, size=8)
+
+
+def _close32(out, ref):
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["ct", "rgb"])
+def test_multicrop_reference_matches_view_by_view(gen, kind):
+    x = random_rgb(gen, (3, 30, 26, 3)) if kind == "rgb" else random_hu(gen, (3, 30, 26))
+    multicrop_vs_reference(
+        x, "reference", lambda o, r: torch.testing.assert_close(o, r, rtol=0, atol=0)
+    )
+
+
+@needs_cpu
+@pytest.mark.parametrize("kind", ["ct", "rgb"])
+def test_multicrop_cpu_matches_reference(gen, kind):
+    x = random_rgb(gen, (3, 30, 26, 3)) if kind == "rgb" else random_hu(gen, (3, 30, 26))
+    multicrop_vs_reference(x, "cpu", _close32)
+    multicrop_vs_reference(x, "cpu", assert_within_one_ulp, dtype=torch.bfloat16)

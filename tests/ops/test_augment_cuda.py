@@ -25,6 +25,7 @@ from tests.ops.test_augment import (
     EVERYTHING,
     assert_within_one_ulp,
     fixed_window,
+    multicrop_vs_reference,
     plain_params,
     random_hu,
     random_rgb,
@@ -366,3 +367,18 @@ def test_kernel_without_a_gpu_raises():
         cuda.augment_views(**{**args, "std": [1.0]})
     with pytest.raises(ValueError, match="workspace"):
         cuda.augment_views(**{**args, "minmax": True})
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", ["ct", "rgb"])
+def test_cuda_multicrop_matches_reference(gen, kind):
+    """Per-view specs and sizes (DINO's global and local crops): one launch per size."""
+    x = (random_rgb(gen, (3, 30, 26, 3)) if kind == "rgb" else random_hu(gen, (3, 30, 26))).to(
+        DEVICE
+    )
+
+    def close(out, ref):
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+    multicrop_vs_reference(x, "cuda", close)
+    multicrop_vs_reference(x, "cuda", assert_within_one_ulp, dtype=torch.bfloat16)

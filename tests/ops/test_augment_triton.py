@@ -27,6 +27,7 @@ from tests.ops.test_augment import (
     EVERYTHING,
     assert_within_one_ulp,
     fixed_window,
+    multicrop_vs_reference,
     plain_params,
     random_hu,
     random_rgb,
@@ -459,3 +460,18 @@ def test_params_slice_gives_same_views_triton(gen):
     )
     for w_, m_ in zip(whole, mine, strict=True):
         assert torch.equal(m_, w_[1:3])
+
+
+@needs_triton
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("kind", ["ct", "rgb"])
+def test_triton_multicrop_matches_reference(gen, device, kind):
+    """Per-view specs and sizes (DINO's global and local crops): one launch per size."""
+    x = make_input(
+        gen,
+        "uint8" if kind == "rgb" else "int16",
+        (3, 30, 26, 3) if kind == "rgb" else (3, 30, 26),
+        device,
+    )
+    multicrop_vs_reference(x, "triton", check)
+    multicrop_vs_reference(x, "triton", check, dtype=torch.bfloat16)

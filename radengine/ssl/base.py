@@ -1,0 +1,168 @@
+"""What a self-supervised method is to the trainer: one class per method, one file each.
+
+A method (a :class:`Method`, an ``nn.Module``) declares
+
+* its **recipe**: a dataclass ``Options`` of its own keys (``ssl.*`` in the config) with the
+  paper's values as defaults, and ``RECIPE``, the paper's values for the shared keys (the
+  projector's shape, the temperature, the optimizer, its lr rule and weight decay), as
+  nested config dicts. Loading a config layers them under the user's YAML and overrides
+  (defaults <- recipe <- YAML <- ``key=value``), so ``method=byol`` alone is BYOL as
+  published and a run's config.yaml and MLflow params record the whole recipe. The scale of
+  a run (epochs, batch, image size, warmup) is not part of it: that is the run's, and the
+  shipped ``experiments/pretrain/<method>_*.yaml`` give the papers' full schedules;
+* its **views** (:meth:`Method.view_plan`): how many, their sizes and the augmentation of
+  each on top of the run's spec (BYOL's asymmetric blur and solarize, DINO's global and
+  local crops);
+* its **networks**: the online backbone and heads, and any momentum (EMA) teacher, queue or
+  center as submodules and buffers, so that the state dict, and with it every checkpoint,
+  holds the whole training state (exact resume for free);
+* its **loss** (:meth:`Method.forward`: the views in, this rank's loss out; the pure loss
+  functions are in :mod:`radengine.ssl.losses`);
+* its **per-step updates**: :meth:`set_step` before the forward pass (schedules that are
+  functions of the step: EMA momentum, DINO's teacher temperature), :meth:`before_update`
+  between backward and the optimizer step (DINO freezes its last layer in the first epoch),
+  :meth:`after_update` after it (EMA teachers);
+* what **transfers** (:attr:`Method.encoder`: the online backbone, DINO's teacher).
+
+Distributed training. The trainer wraps the method in DDP, which averages parameter
+gradients over ranks. Each rank's loss is therefore the mean over its own rows of the
+global-batch loss (or, where the loss is a function of global statistics, computed from
+embeddings gathered with a gradient so that DDP's average gives the single-process
+gradient); the method files say which. Buffers a method updates from data (queues, centers)
+are updated from all ranks' rows, so they are identical on every rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Method", "View", "check_views", "cosine_schedule", "ema_update", "frozen_copy"]
+
+# BYOL's asymmetric views (Grill et al. 2020, table 6), also MoCo v3's, Barlow Twins', VICReg's
+# and DINO's global views: Gaussian blur always on the first view and with p 0.1 on the second,
+# solarization only on the second (p 0.2). Colour jitter and grayscale come from the run's
+# preset (augment.preset / augment.params), which is the same for every method of a study.
+ASYMMETRIC_VIEWS = [{"blur_p": 1.0, "solarize_p": 0.0}, {"blur_p": 0.1, "solarize_p": 0.2}]
+# MoCo v2's (and SimSiam's): blur with p 0.5 on both views, no solarization.
+BLUR_HALF_VIEWS = [{"blur_p": 0.5}, {"blur_p": 0.5}]
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """One view of every image: its output size (pixels, square) and the augmentation keys
+    it overrides on top of the run's spec (``augment.preset`` + ``augment.params``)."""
+
+    size: int
+    augment: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """A method without keys of its own."""
+
+
+class Method(nn.Module):
+    """Base class of the SSL methods (see the module docstring for the protocol).
+
+    Subclasses set ``name``, ``Options``, ``RECIPE`` and ``summary``, implement
+    :meth:`from_config`, :meth:`forward` and :attr:`encoder`, and override the hooks they
+    need. The online backbone is ``self.backbone`` by convention.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for ``radengine list methods``
+    Options: ClassVar[type] = NoOptions
+    # The paper's values of shared config keys, as nested dicts ({"optim": {"name": ...}}).
+    RECIPE: ClassVar[dict[str, Any]] = {}
+
+    backbone: nn.Module
+
+    @classmethod
+    def from_config(cls, backbone: nn.Module, cfg: Any) -> Method:
+        """The method on ``backbone`` from a resolved ``PretrainConfig``."""
+        raise NotImplementedError(f"{cls.__name__} must implement from_config")
+
+    @classmethod
+    def recipe(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The config layered under the user's for this method: ``RECIPE`` and every
+        ``ssl`` option at its default. ``data`` is the config as given (a method whose paper
+        gives different values per backbone reads ``data["model"]["arch"]``)."""
+        return {"ssl": dataclasses.asdict(cls.Options()), **copy.deepcopy(cls.RECIPE)}
+
+    # -- views
+
+    def view_plan(self, size: int) -> list[View]:
+        """The views of one step, global views first: by default two at ``size`` with the
+        method's ``view_augment`` options (one mapping per view) when it has them."""
+        augment = getattr(getattr(self, "opts", None), "view_augment", None) or [{}, {}]
+        return [View(size, dict(a)) for a in augment]
+
+    # -- the step
+
+    def forward(self, views: Sequence[Tensor]) -> Tensor:  # pragma: no cover - abstract
+        """The views of this rank's images (``view_plan`` order) -> () this rank's loss."""
+        raise NotImplementedError
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The part that transfers (evaluated by kNN, linear probes and finetuning)."""
+        return self.backbone
+
+    def set_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        """Before step ``step`` (0-based) of ``total_steps``: set the schedules."""
+
+    def before_update(self) -> None:
+        """After backward, before the optimizer step (edit gradients)."""
+
+    def after_update(self) -> None:
+        """After the optimizer step (momentum teachers)."""
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (leaf names) kept out of weight decay: the backbone's own list
+        (timm convention: ViT position embeddings and class token)."""
+        names = getattr(self.backbone, "no_weight_decay", None)
+        return set(names()) if callable(names) else set()
+
+
+def cosine_schedule(start: float, end: float, step: int, total: int) -> float:
+    """``start`` at step 0 rising (or falling) to ``end`` at ``total`` along a half cosine:
+    BYOL's and DINO's EMA momentum ``1 - (1 - start)(cos(pi k / K) + 1) / 2``."""
+    if total <= 0:
+        return end
+    k = min(max(step, 0), total)
+    return end - (end - start) * (math.cos(math.pi * k / total) + 1) / 2
+
+
+def check_views(views: Sequence[Tensor], count: int, name: str) -> None:
+    """Raise a ValueError unless ``views`` holds ``count`` tensors."""
+    if len(views) != count:
+        raise ValueError(f"{name} takes {count} views, got {len(views)}")
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters take no gradient (a momentum teacher)."""
+    teacher = copy.deepcopy(module)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, students: Sequence[nn.Module], momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter,
+    the student's parameters being those of ``students`` in order (the teacher was made by
+    :func:`frozen_copy` of a container of them). Buffers (BatchNorm statistics) are the
+    teacher's own."""
+    t = list(teacher.parameters())
+    s = [p.detach() for m in students for p in m.parameters()]
+    if len(t) != len(s):
+        raise RuntimeError("teacher and student have different parameters")
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, s, alpha=1 - momentum)
