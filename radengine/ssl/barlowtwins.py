@@ -13,13 +13,13 @@ one lr for every group.)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from radengine.models import ProjectionHead
-from radengine.ssl.base import ASYMMETRIC_VIEWS, Method, check_views
+from radengine.ssl.base import ASYMMETRIC_VIEWS, Method, check_views, small_backbone
 from radengine.ssl.losses import barlow_twins_loss
 
 __all__ = ["BarlowTwins"]
@@ -52,6 +52,14 @@ class BarlowTwins(Method):
         "optim": {"name": "lars", "lr_scaling": "linear", "lr_base": 0.2,
                   "weight_decay": 1.5e-6},
     }  # fmt: skip
+
+    @classmethod
+    def recipe(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The paper's recipe; on ResNet-18/34 a 2048-wide projector (solo-learn's)."""
+        out = super().recipe(data)
+        if small_backbone(data):
+            out["model"] = {**out["model"], "proj_dim": 2048, "proj_hidden": 2048}
+        return out
 
     def __init__(self, backbone: nn.Module, opts: BarlowTwinsOptions, proj_dim: int,
                  proj_hidden: int, proj_layers: int, proj_bn: bool) -> None:  # fmt: skip

@@ -140,6 +140,17 @@ def cosine_schedule(start: float, end: float, step: int, total: int) -> float:
     return end - (end - start) * (math.cos(math.pi * k / total) + 1) / 2
 
 
+# Backbones with 512 features (ResNet-18/34): the papers' heads are sized for ResNet-50's
+# 2048, and where a method's head is wide (Barlow Twins', VICReg's 8192, DINO's 65536
+# prototypes) radengine follows solo-learn's ResNet-18 recipes instead (2048 and 4096).
+SMALL_BACKBONES = ("resnet18", "resnet34")
+
+
+def small_backbone(data: Mapping[str, Any]) -> bool:
+    """Whether the config ``data`` (nested dicts) names a 512-feature ResNet."""
+    return str(data.get("model", {}).get("arch", "")) in SMALL_BACKBONES
+
+
 def check_views(views: Sequence[Tensor], count: int, name: str) -> None:
     """Raise a ValueError unless ``views`` holds ``count`` tensors."""
     if len(views) != count:

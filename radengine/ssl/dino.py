@@ -20,7 +20,7 @@ gradient clipping 3.0. What transfers is the TEACHER's backbone, as evaluated in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +34,7 @@ from radengine.ssl.base import (
     cosine_schedule,
     ema_update,
     frozen_copy,
+    small_backbone,
 )
 from radengine.ssl.losses import all_reduce_sum, dino_loss, rank_and_world
 
@@ -150,6 +151,14 @@ class DINO(Method):
         "optim": {"name": "adamw", "lr_scaling": "linear", "lr_base": 0.0005,
                   "weight_decay": 0.04, "weight_decay_end": 0.4, "grad_clip": 3.0},
     }  # fmt: skip
+
+    @classmethod
+    def recipe(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The paper's recipe; on ResNet-18/34 4096 prototypes (solo-learn's)."""
+        out = super().recipe(data)
+        if small_backbone(data):
+            out["model"] = {**out["model"], "proj_dim": 4096}
+        return out
 
     def __init__(self, backbone: nn.Module, opts: DINOOptions, proj_dim: int, proj_hidden: int,
                  proj_layers: int, proj_bn: bool, student_temp: float) -> None:  # fmt: skip

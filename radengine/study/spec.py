@@ -74,8 +74,8 @@ class PretrainDefaults:
 class InitSpec:
     """One initialisation (the mapping form; the string ``scratch`` is the other form).
 
-    Exactly one kind: a pretraining (``pretrain``, ``data``, ``fractions``, ``stages``,
-    ``mix``, ``overrides``), a weights file (``weights``, with ``format``, ``key``,
+    Exactly one kind: a pretraining (``pretrain``, ``data``, ``method``, ``fractions``,
+    ``stages``, ``mix``, ``overrides``), a weights file (``weights``, with ``format``, ``key``,
     ``strict``) or an MLflow model (``model``: ``models:/...``, ``runs:/...`` or a run id).
     """
 
@@ -85,6 +85,7 @@ class InitSpec:
     stages: list[Any] = field(default_factory=list)  # sequential: store names or {data, epochs}
     mix: list[str] = field(default_factory=list)  # stores added to every batch (1:1 weights)
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted pretrain config keys
+    method: str | None = None  # the SSL method (radengine list methods); None: the config's
     weights: str | None = None  # a published checkpoint file (relative: to weights_dir)
     format: str = "auto"
     key: str | None = None
@@ -466,6 +467,7 @@ def _kind(init: InitSpec | str, name: str) -> str:
     pre = (
         init.pretrain is not None
         or init.data is not None
+        or init.method is not None
         or bool(init.fractions or init.stages or init.mix or init.overrides)
     )
     flags = {"pretrain": pre, "weights": init.weights is not None, "model": init.model is not None}
@@ -474,7 +476,7 @@ def _kind(init: InitSpec | str, name: str) -> str:
         what = "none" if not kinds else " and ".join(kinds)
         raise ConfigError(
             f"config key 'inits.{name}' must be one kind of init: a pretraining (pretrain, "
-            f"data, fractions, stages, mix, overrides), a weights file (weights) or an MLflow "
+            f"data, method, fractions, stages, mix, overrides), a weights file (weights) or an MLflow "
             f"model (model); it has {what}"
         )
     return kinds[0]
@@ -579,7 +581,7 @@ def _pretrain_job(
             st = _store(study, m, f"{where}.mix[{i}]")
             mix.append({"domain": st.domain, "store": st.path, "weight": 1.0})
         common.append(f"data.mix={json.dumps(mix)}")
-    own = _kv(init.overrides)
+    own = ([f"method={init.method}"] if init.method else []) + _kv(init.overrides)
     forced = [f"study={json.dumps(study.name)}"]
 
     def load(extra: list[str]) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,8 +98,15 @@ def test_the_recipes_are_the_papers():
     byol = _cfg("byol")
     assert (byol.optim.name, byol.optim.lr_scaling, byol.optim.lr_base) == ("lars", "linear", 0.2)
     assert byol.ssl["momentum"] == 0.996 and byol.ssl["pred_hidden"] == 32  # SMALL's
-    dino = load_pretrain_config(overrides=["method=dino"])
+    dino = load_pretrain_config(overrides=["method=dino", "model.arch=resnet50"])
     assert (dino.model.proj_dim, dino.loss.temperature, dino.optim.name) == (65536, 0.1, "adamw")
+    # ResNet-18/34 take solo-learn's narrower heads
+    assert load_pretrain_config(overrides=["method=dino"]).model.proj_dim == 4096
+    for method in ("barlowtwins", "vicreg"):
+        rn18 = load_pretrain_config(overrides=[f"method={method}"]).model
+        rn50 = load_pretrain_config(overrides=[f"method={method}", "model.arch=resnet50"]).model
+        assert (rn18.proj_dim, rn18.proj_hidden, rn50.proj_dim, rn50.proj_hidden) == (
+            2048, 2048, 8192, 8192)  # fmt: skip
     assert (dino.optim.weight_decay, dino.optim.weight_decay_end, dino.optim.grad_clip) == (
         0.04, 0.4, 3.0)  # fmt: skip
     assert dino.ssl["local_crops_number"] == 8 and dino.ssl["teacher_temp"] == 0.04
@@ -248,3 +256,37 @@ def test_moco_v3_freezes_a_vits_patch_embedding():
     method = ssl.build(_cfg("mocov3", "model.arch=vit_small_patch16"), vit)
     assert not any(p.requires_grad for p in method.backbone.patch_embed.parameters())
     assert all(p.requires_grad for p in method.backbone.blocks.parameters())
+
+
+METHOD_CONFIGS = sorted(
+    p for p in (Path(__file__).parents[2] / "experiments" / "pretrain").glob("*.yaml")
+    if not p.name.startswith(("study_a", "methods_base"))
+)  # fmt: skip
+
+
+def test_every_method_ships_a_ct_and_an_imagenet_config():
+    names = {p.stem for p in METHOD_CONFIGS}
+    for method in METHODS:
+        assert {f"{method}_ct", f"{method}_imagenet"} <= names, method
+
+
+@pytest.mark.parametrize("path", METHOD_CONFIGS, ids=lambda p: p.name)
+def test_each_method_config_is_its_papers_recipe(path):
+    """The shipped recipes load, take the method's recipe under them, and their views are
+    valid augmentations (built on a tiny backbone: the view plan depends on the options)."""
+    from radengine.engine.trainer import _ViewPlan
+
+    cfg = load_pretrain_config(path)
+    assert cfg.data.domain == ("natural" if "imagenet" in path.name else "ct")
+    assert cfg.model.arch in ("resnet50", "vit_small_patch16")
+    recipe = _flat(method_class(cfg.method).recipe(to_dict(cfg)))
+    given = _flat(to_dict(cfg))
+    yaml_keys = {"model.proj_dim", "model.proj_hidden", "ssl"}  # set by simclr_ct / dino_ct
+    for key, value in recipe.items():
+        if key not in yaml_keys:
+            assert given[key] == value, key
+    plan = _ViewPlan.of(cfg, ssl.build(cfg, Tiny()))
+    assert len(plan.specs) == len(plan.sizes) >= 2 and plan.sizes[0] == cfg.augment.size
+    if cfg.method == "dino":
+        assert plan.sizes[2:] == (96,) * 8 and cfg.model.proj_dim == 65536
+        assert cfg.ssl["teacher_temp"] == 0.07

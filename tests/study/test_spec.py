@@ -46,7 +46,7 @@ def spec(tmp_path) -> Path:
 
 @pytest.mark.parametrize(
     "name, pretrains, evals",
-    [("mini", 3, 160), ("study_a", 9, 240), ("study_b", 0, 220)],
+    [("mini", 3, 160), ("study_a", 9, 240), ("study_b", 0, 220), ("methods_ct", 8, 216)],
 )
 def test_shipped_studies_expand_without_data(name, pretrains, evals, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no mlflow.db here: every job is to do
@@ -285,3 +285,16 @@ def test_estimate_of_the_jobs_left_comes_from_done_jobs_like_them():
     ]
     text = estimate_remaining(S)
     assert "~16 min for 2 of the 3 jobs left" in text and "1 has no done job" in text
+
+
+def test_the_methods_study_pretrains_each_method_with_its_recipe():
+    study = load_study("methods_ct")
+    jobs = {j.init: j for j in study.jobs if j.kind == "pretrain"}
+    from radengine.ssl import METHODS
+
+    assert set(jobs) == set(METHODS)
+    for name, job in jobs.items():
+        assert job.config["method"] == name
+    assert jobs["mocov2"].config["ssl"]["queue_size"] == 1024
+    assert jobs["byol"].config["optim"]["lr_scaling"] == "linear"
+    assert jobs["dino"].config["optim"]["name"] == "adamw"
