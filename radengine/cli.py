@@ -611,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pretrain",
-        help="self-supervised pretraining (SimCLR) on a store; no --data: built-in synthetic set",
+        help="self-supervised pretraining (SimCLR, MoCo v2/v3, BYOL, SimSiam, Barlow Twins, "
+        "VICReg, DINO: method=NAME) on a store; no --data: built-in synthetic set",
         description="Pretrain an encoder. Config: defaults, then --config YAML, then these "
         "flags, then key=value overrides (e.g. optim.epochs=10 model.arch=resnet50); "
         "--print-config shows the result. Run under torchrun for several GPUs or nodes.",
@@ -645,10 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmarks: `bench pipeline` = pretraining img/s and data wait, ours vs the "
         "study's DataLoader + per-sample transforms",
-        description="Benchmarks. pipeline: end-to-end SimCLR pretraining throughput (img/s) "
-        "and data-wait fraction of radengine's pipeline against a study-style baseline "
-        "(DataLoader + per-sample CPU transforms); its options: radengine bench pipeline "
-        "--help.",
+        description="Benchmarks. pipeline: end-to-end pretraining throughput (img/s) and "
+        "data-wait fraction of an SSL method (SimCLR, or method=NAME) in radengine's pipeline "
+        "against a study-style baseline (DataLoader + per-sample CPU transforms); its "
+        "options: radengine bench pipeline --help.",
     )
     p.add_argument("what", choices=["pipeline"], metavar="BENCHMARK", help="pipeline")
     p.add_argument(

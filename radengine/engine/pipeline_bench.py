@@ -1,22 +1,25 @@
 """End-to-end pretraining throughput: radengine's pipeline against a study-style baseline.
 
-``radengine bench pipeline`` (and ``benchmarks/bench_pipeline.py``, part of ``nox -s bench``)
-trains SimCLR for ``warmup + steps`` steps twice, with the same model, optimiser, loss,
-precision, batch, view size, data and worker count, and reports steady-state images/s and
-the data-wait fraction of each:
+``radengine bench pipeline [method=NAME ...]`` (and ``benchmarks/bench_pipeline.py``, part of
+``nox -s bench``) trains an SSL method (SimCLR by default; ``key=value`` pretraining config
+overrides pick another and its options) for ``warmup + steps`` steps twice, with the same
+model, method, optimiser, loss, precision, batch, views, data and worker count, and reports
+steady-state images/s and the data-wait fraction of each:
 
 - ``radengine``: :func:`radengine.engine.trainer.pretrain` itself: store -> StoreLoader
   (workers gather whole int16 batches from the memory-mapped shards) -> batched
   augmentation on the training device (``radengine.ops.augment_views``) -> model.
-- ``study-baseline``: how study A's code works (torchvision transforms in DataLoader
-  workers), in plain torch since torchvision is not a dependency: a ``Dataset`` returning
-  one slice per ``__getitem__`` (read from the same memory-mapped store), per-sample CPU
-  transforms (min-max to [0, 1] on the whole slice, 1 channel repeated to 3, then per view
-  RandomResizedCrop(size, scale (0.08, 1)) with an antialiased bilinear resize, horizontal
-  flip, ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8 in random order, RandomGrayscale p 0.2,
-  torchvision's formulas), a standard ``DataLoader`` (shuffle, drop_last, persistent
-  workers, pinned memory on CUDA, default collate), then the trainer's model, optimiser,
-  schedule, loss and precision (channels_last, bf16 autocast on CUDA).
+- ``study-baseline``: how study A's code, solo-learn and lightly work (torchvision
+  transforms in DataLoader workers), in plain torch since torchvision is not a dependency: a
+  ``Dataset`` returning one slice per ``__getitem__`` (read from the same memory-mapped
+  store), per-sample CPU transforms (min-max to [0, 1] on the whole slice, 1 channel
+  repeated to 3, then each of the method's views with its own size and augmentation:
+  RandomResizedCrop(size, scale) with an antialiased bilinear resize, horizontal flip,
+  ColorJitter in random order, RandomGrayscale, GaussianBlur, RandomSolarize, torchvision's
+  formulas; SimCLR's: scale (0.08, 1), ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale
+  p 0.2), a standard ``DataLoader`` (shuffle, drop_last, persistent workers, pinned memory
+  on CUDA, default collate), then the trainer's method module with its per-step hooks,
+  optimiser, schedule, loss and precision (channels_last, bf16 autocast on CUDA).
 
 Measurement, the same for both (the baseline's loop mirrors the trainer's step): a step's
 clock starts before the next batch is requested; data wait is the time blocked in
@@ -51,6 +54,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from radengine.data.store import Store
+from radengine.errors import UserError
 
 __all__ = [
     "BACKENDS",
@@ -104,10 +109,18 @@ class BenchSettings:
     seed: int = 0
     precision: str = "auto"  # train.precision: auto (the trainer's rule) | fp32 | bf16 | fp16
     baseline: str = "study"  # study: the study code's model execution; same: ours
+    overrides: tuple[str, ...] = ()  # pretraining config overrides (method=byol ...)
+
+    @property
+    def method(self) -> str:
+        """The SSL method the overrides name (the last ``method=``), default simclr."""
+        found = [o.partition("=")[2].strip() for o in self.overrides if o.startswith("method=")]
+        return found[-1] if found else "simclr"
 
     @property
     def shape(self) -> str:
-        return f"{self.arch} b{self.batch} {self.size}px w{self.workers}"
+        shape = f"{self.arch} b{self.batch} {self.size}px w{self.workers}"
+        return shape if self.method == "simclr" else f"{self.method} {shape}"
 
     @property
     def dtype(self) -> str:
@@ -139,9 +152,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """The options of ``radengine bench pipeline`` (added to ``parser`` when given)."""
     p = parser or argparse.ArgumentParser(
         prog="radengine bench pipeline",
-        description="End-to-end SimCLR pretraining throughput (img/s) and data-wait fraction: "
-        "radengine's pipeline against a study-style baseline (DataLoader + per-sample CPU "
-        "transforms) at the same model, batch, image size and worker count.",
+        description="End-to-end pretraining throughput (img/s) and data-wait fraction of an "
+        "SSL method (SimCLR, or method=NAME): radengine's pipeline against a study-style "
+        "baseline (DataLoader + per-sample CPU transforms) at the same model, method, batch, "
+        "views and worker count.",
     )
     p.add_argument(
         "--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda or cuda:N"
@@ -193,6 +207,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "augmentation, the baseline's per-sample transforms, the model step")  # fmt: skip
     p.add_argument("--csv", type=Path, metavar="PATH", help="append rows (shared schema) here")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="pretraining config overrides for both pipelines, e.g. method=byol or "
+        "method=dino ssl.local_crops_number=6 (radengine list methods)",
+    )
     return p
 
 
@@ -218,6 +239,7 @@ def resolve(args: argparse.Namespace) -> BenchSettings:
         seed=args.seed,
         precision=args.precision,
         baseline=args.baseline,
+        overrides=tuple(getattr(args, "overrides", None) or ()),
     )
     if s.data is not None:
         s.domain = "natural" if Store(s.data).kind == "images" else "ct"
@@ -318,7 +340,7 @@ def _overrides(s: BenchSettings, total_steps: int, spe: int, out: str | None) ->
         o.append(f"data.store={s.data}")
     if out is not None:
         o.append(f"train.out={out}")
-    return o
+    return [*s.overrides, *o]
 
 
 def _train_indices(s: BenchSettings, cfg) -> tuple[Store, np.ndarray]:
@@ -475,6 +497,10 @@ class StudyTransform:
     jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
     jitter_p: float = 0.8
     gray_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
 
     def view(self, img: Tensor) -> Tensor:
         i, j, h, w = random_resized_crop_params(
@@ -494,6 +520,10 @@ class StudyTransform:
             out = self.color_jitter(out)
         if float(torch.rand(1)) < self.gray_p:
             out = _rgb_to_grayscale(out).expand(out.shape)
+        if self.blur_p > 0 and float(torch.rand(1)) < self.blur_p:
+            out = gaussian_blur(out, _uniform(*self.blur_sigma))
+        if self.solarize_p > 0 and float(torch.rand(1)) < self.solarize_p:
+            out = torch.where(out >= self.solarize_threshold, 1.0 - out, out)
         return out
 
     def color_jitter(self, img: Tensor) -> Tensor:
@@ -516,6 +546,63 @@ class StudyTransform:
 
     def __call__(self, img: Tensor) -> tuple[Tensor, ...]:
         return tuple(self.view(img) for _ in range(self.views))
+
+
+def gaussian_blur(img: Tensor, sigma: float) -> Tensor:
+    """torchvision's GaussianBlur on one (C, H, W) image: a separable kernel of radius
+    ceil(3 sigma), reflected borders (replicated where the image is smaller)."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.arange(-r, r + 1, dtype=img.dtype)
+    w = torch.exp(-(k**2) / (2 * sigma**2))
+    w = w / w.sum()
+    x = img.unsqueeze(0)
+    c = x.shape[1]
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), w.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+                 groups=c)  # fmt: skip
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), w.view(1, 1, -1, 1).expand(c, 1, -1, 1),
+                 groups=c)  # fmt: skip
+    return x.squeeze(0)
+
+
+class UnsupportedViewError(UserError, ValueError):
+    """A view uses an augmentation the per-sample baseline does not implement."""
+
+
+def _view_transform(spec: Any, size: int) -> StudyTransform:
+    """One view of the method's plan as the per-sample torchvision-style transform."""
+    unsupported = [
+        name for name in ("vflip_p", "rotate_p", "window_jitter_p", "gamma_p", "noise_p")
+        if getattr(spec, name) > 0
+    ]  # fmt: skip
+    if unsupported or not spec.crop:
+        what = ", ".join(unsupported) if unsupported else "crop=false"
+        raise UnsupportedViewError(
+            f"the baseline implements the papers' torchvision augmentations (crop, flip, "
+            f"colour jitter, grayscale, blur, solarize), not {what}: use augment.preset=simclr"
+        )
+    b, c, s, h = spec.brightness, spec.contrast, spec.saturation, spec.hue
+    return StudyTransform(
+        size=size, views=1, scale=tuple(spec.crop_scale), ratio=tuple(spec.crop_ratio),
+        hflip_p=spec.hflip_p, jitter=(b[1] - 1, c[1] - 1, s[1] - 1, h[1]),
+        jitter_p=spec.jitter_p, gray_p=spec.grayscale_p, blur_p=spec.blur_p,
+        blur_sigma=tuple(spec.blur_sigma), solarize_p=spec.solarize_p,
+        solarize_threshold=spec.solarize_threshold,
+    )  # fmt: skip
+
+
+@dataclass
+class MethodTransform:
+    """A method's views (``trainer._ViewPlan``: a spec and a size per view), per sample."""
+
+    views: list[StudyTransform]
+
+    @classmethod
+    def of(cls, plan: Any) -> MethodTransform:
+        return cls([_view_transform(s, n) for s, n in zip(plan.specs, plan.sizes, strict=True)])
+
+    def __call__(self, img: Tensor) -> tuple[Tensor, ...]:
+        return tuple(v.view(img) for v in self.views)
 
 
 def study_input(raw: np.ndarray) -> Tensor:
@@ -601,34 +688,47 @@ def _epochs(loader) -> Iterator[list[Tensor]]:
         yield from loader
 
 
+def _plan(cfg, model) -> Any:
+    from radengine.engine.trainer import _ViewPlan
+
+    return _ViewPlan.of(cfg, model)
+
+
 def bench_baseline(s: BenchSettings) -> PipelineResult:
     """The study-style pipeline, ``warmup + steps`` steps (see the module docstring)."""
     cfg = config(s)
     store, idx = _train_indices(s, cfg)
-    loader = _baseline_loader(s, store, idx)
+    spe = len(idx) // s.batch
     model, optimizer, scheduler, scaler, amp, channels_last = _training_pieces(
-        cfg, s.device, len(loader), study=s.baseline == "study"
+        cfg, s.device, spe, study=s.baseline == "study"
     )
+    loader = _baseline_loader(s, store, idx, MethodTransform.of(_plan(cfg, model)))
     model.train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    total = cfg.optim.epochs * spe
 
     it = _epochs(loader)
     times: list[tuple[float, float]] = []
     loss_value = float("nan")
-    for _ in range(s.warmup + s.steps):
+    for step in range(s.warmup + s.steps):
         t0 = time.perf_counter()
-        v1, v2 = next(it)
+        batch = next(it)
         wait = time.perf_counter() - t0
-        v1 = v1.to(s.device, non_blocking=True).contiguous(memory_format=fmt)
-        v2 = v2.to(s.device, non_blocking=True).contiguous(memory_format=fmt)
+        views = [v.to(s.device, non_blocking=True).contiguous(memory_format=fmt) for v in batch]
+        model.set_step(step, total, spe)  # the trainer's per-step hooks, as it calls them
         with _autocast(s.device, amp):
-            loss = model([v1, v2])
+            loss = model(views)
         loss_value = float(loss.detach().float())  # the trainer's one sync per step
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if cfg.optim.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        model.before_update()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        model.after_update()
         times.append((wait, time.perf_counter() - t0))
     del it, loader  # shuts the persistent workers down
     return PipelineResult(BASELINE, s.batch, times[s.warmup :], loss_value)
@@ -682,26 +782,31 @@ def breakdown(s: BenchSettings, repeat: int = 3) -> dict[str, tuple[float, float
     model, optimizer, _, scaler, amp, channels_last = _training_pieces(cfg, s.device, 1)
     view_dtype = amp if amp is not None else torch.float32
     seeds = iter(range(10**6))
+    plan = _plan(cfg, model)
+    specs, sizes = list(plan.specs), list(plan.sizes)
 
     def augment():
-        return augment_views(x, a.preset, views=2, size=a.size, intensity=a.intensity,
+        return augment_views(x, specs, views=len(specs), sizes=sizes, intensity=a.intensity,
                              repeat=a.repeat, mean=a.mean, std=a.std, seed=next(seeds),
                              dtype=view_dtype, channels_last=channels_last)[0]  # fmt: skip
 
     out["augment"] = _median_s(augment, s.device, repeat)
-    v1, v2 = augment()
+    views = augment()
 
     def step():
+        model.set_step(0, 1, 1)
         with _autocast(s.device, amp):
-            loss = model([v1, v2])
+            loss = model(views)
         float(loss.detach().float())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        model.before_update()
         scaler.step(optimizer)
         scaler.update()
+        model.after_update()
 
     out["model_step"] = _median_s(step, s.device, repeat)
-    dataset = StudyDataset(str(store.path), idx, StudyTransform(s.size))
+    dataset = StudyDataset(str(store.path), idx, MethodTransform.of(plan))
     collate = torch.utils.data.default_collate
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -767,7 +872,7 @@ def append_csv(path: Path, rows: list[tuple], device: torch.device) -> Path:
 def summary(results: dict[str, PipelineResult], s: BenchSettings) -> str:
     """A small table: img/s (p50, p20..p80), data wait, then the speedup."""
     lines = [
-        f"pipeline: SimCLR {s.arch}, batch {s.batch}, {s.size} px views, {s.workers} workers, "
+        f"pipeline: {s.method} {s.arch}, batch {s.batch}, {s.size} px views, {s.workers} workers, "
         f"{s.device}; {s.steps} measured steps after {s.warmup} warm-up; baseline model "
         f"execution: {'as the study' if s.baseline == 'study' else 'as ours'}",
         f"{'pipeline':26} {'dtype':>9} {'img/s p50':>10} {'p20..p80':>17} {'data wait':>10} "

@@ -178,3 +178,59 @@ def test_colour_ops_are_torchvisions_formulas():
             atol=1e-5, rtol=1e-5,
         )  # fmt: skip
     torch.testing.assert_close(pb.adjust_hue(img, 0.0), img, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- per method
+
+
+@pytest.mark.parametrize("method", ["byol", "dino"])
+def test_every_method_runs_in_both_pipelines(ct_store, method):
+    """method=NAME: both pipelines train the method (its views, hooks and optimizer); the
+    baseline makes each view with the method's per-view augmentation and size."""
+    small = {
+        "byol": ["model.proj_hidden=32", "ssl.pred_hidden=32"],
+        "dino": ["model.proj_dim=64", "model.proj_hidden=32", "ssl.local_crops_number=2",
+                 "ssl.local_crops_size=20"],
+    }[method]  # fmt: skip
+    args = pb.build_parser().parse_args(
+        ["--device", "cpu", "--size", "24", "--batch", "8", "--steps", "1", "--warmup", "1",
+         "--workers", "0", "--data", str(ct_store), f"method={method}", *small]
+    )  # fmt: skip
+    s = pb.resolve(args)
+    assert s.method == method and s.shape.startswith(f"{method} resnet18 b8 24px")
+    results = pb.measure(s)
+    assert all(math.isfinite(r.loss) for r in results.values())
+    from radengine.engine.trainer import build_model
+
+    cfg = pb.config(s)
+    plan = pb._plan(cfg, build_model(cfg, 3))
+    transform = pb.MethodTransform.of(plan)
+    views = transform(torch.rand(3, 32, 32))
+    assert [tuple(v.shape) for v in views] == [(3, n, n) for n in plan.sizes]
+    assert [t.blur_p for t in transform.views[:2]] == [1.0, 0.1]
+    assert [t.solarize_p for t in transform.views[:2]] == [0.0, 0.2]
+    if method == "dino":
+        assert plan.sizes == (24, 24, 20, 20) and transform.views[2].scale == (0.05, 0.4)
+        assert transform.views[0].scale == (0.4, 1.0)
+
+
+def test_the_baseline_refuses_augmentations_it_does_not_implement(ct_store):
+    args = pb.build_parser().parse_args(
+        ["--device", "cpu", "--size", "24", "--batch", "8", "--steps", "1", "--warmup", "0",
+         "--workers", "0", "--data", str(ct_store), "--only", "baseline", "augment.preset=ct"]
+    )  # fmt: skip
+    with pytest.raises(pb.UnsupportedViewError, match=r"not .*rotate_p"):
+        pb.measure(pb.resolve(args))
+
+
+def test_gaussian_blur_is_the_2d_gaussian_convolution():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 20, 17, generator=g)
+    sigma = 1.3
+    r = math.ceil(3 * sigma)
+    k = torch.arange(-r, r + 1, dtype=torch.float32)
+    w1 = torch.exp(-(k**2) / (2 * sigma**2))
+    w2 = torch.outer(w1, w1) / w1.sum() ** 2
+    padded = F.pad(img.unsqueeze(0), (r, r, r, r), mode="reflect")
+    direct = F.conv2d(padded, w2.expand(3, 1, -1, -1), groups=3).squeeze(0)
+    torch.testing.assert_close(pb.gaussian_blur(img, sigma), direct, rtol=0, atol=1e-6)
