@@ -20,3 +20,12 @@ def gen(request) -> torch.Generator:
     request.node.user_properties.append(("seed", seed))
     print(f"random seed: {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on 2 busy cores: intra-op threads only add synchronisation."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

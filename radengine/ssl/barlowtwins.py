@@ -16,32 +16,34 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from radengine.models import ProjectionHead
-from radengine.ssl.base import ASYMMETRIC_VIEWS, Method, check_views, small_backbone
+from radengine.ssl.base import ProjectorMethod, TwoViewOptions, check_views, small_backbone
 from radengine.ssl.losses import barlow_twins_loss
 
 __all__ = ["BarlowTwins"]
 
 
 @dataclasses.dataclass
-class BarlowTwinsOptions:
-    """``ssl.*`` keys of Barlow Twins."""
+class BarlowTwinsOptions(TwoViewOptions):
+    """``ssl.*`` keys of Barlow Twins (BYOL's asymmetric views by default)."""
 
     lambd: float = 0.0051
-    view_augment: list[dict[str, Any]] = dataclasses.field(
-        default_factory=lambda: [dict(v) for v in ASYMMETRIC_VIEWS]
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lambd < 0:
             raise ValueError(f"ssl.lambd must be >= 0, got {self.lambd}")
-        if len(self.view_augment) != 2:
-            raise ValueError("ssl.view_augment must hold one mapping per view (2)")
 
 
-class BarlowTwins(Method):
+def wide_projector_recipe(out: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """Barlow Twins' and VICReg's 8192-wide projector, 2048 on ResNet-18/34 (solo-learn's)."""
+    if small_backbone(data):
+        out["model"] = {**out["model"], "proj_dim": 2048, "proj_hidden": 2048}
+    return out
+
+
+class BarlowTwins(ProjectorMethod):
     """Backbone + projector; the cross-correlation loss over the global batch."""
 
     name = "barlowtwins"
@@ -56,28 +58,10 @@ class BarlowTwins(Method):
     @classmethod
     def recipe(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         """The paper's recipe; on ResNet-18/34 a 2048-wide projector (solo-learn's)."""
-        out = super().recipe(data)
-        if small_backbone(data):
-            out["model"] = {**out["model"], "proj_dim": 2048, "proj_hidden": 2048}
-        return out
-
-    def __init__(self, backbone: nn.Module, opts: BarlowTwinsOptions, proj_dim: int,
-                 proj_hidden: int, proj_layers: int, proj_bn: bool) -> None:  # fmt: skip
-        super().__init__()
-        self.opts = opts
-        self.backbone = backbone
-        self.projector = ProjectionHead(
-            backbone.feature_dim, proj_hidden, proj_dim, num_layers=proj_layers, bn=proj_bn
-        )
-
-    @classmethod
-    def from_config(cls, backbone: nn.Module, cfg: Any) -> BarlowTwins:
-        m = cfg.model
-        return cls(backbone, BarlowTwinsOptions(**cfg.ssl), m.proj_dim, m.proj_hidden,
-                   m.proj_layers, m.proj_bn)  # fmt: skip
+        return wide_projector_recipe(super().recipe(data), data)
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         """Two (n, C, H, W) views -> () the global loss (one forward pass per view)."""
         check_views(views, 2, "Barlow Twins")
-        z1, z2 = (self.projector(self.backbone.forward_features(v)) for v in views)
+        z1, z2 = (self.project(v) for v in views)
         return barlow_twins_loss(z1, z2, self.opts.lambd)

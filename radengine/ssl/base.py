@@ -43,7 +43,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Method", "View", "check_views", "cosine_schedule", "ema_update", "frozen_copy"]
+__all__ = ["Method", "MomentumMethod", "MomentumOptions", "ProjectorMethod", "TwoViewOptions", "View", "check_views",
+           "cosine_schedule", "ema_update", "frozen_copy", "project_with"]  # fmt: skip
 
 # BYOL's asymmetric views (Grill et al. 2020, table 6), also MoCo v3's, Barlow Twins', VICReg's
 # and DINO's global views: Gaussian blur always on the first view and with p 0.1 on the second,
@@ -66,6 +67,37 @@ class View:
 @dataclasses.dataclass
 class NoOptions:
     """A method without keys of its own."""
+
+
+@dataclasses.dataclass
+class TwoViewOptions:
+    """``ssl.view_augment``: one mapping of augmentation keys per view, over the run's."""
+
+    view_augment: list[dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: [dict(v) for v in ASYMMETRIC_VIEWS]
+    )
+
+    def __post_init__(self) -> None:
+        if len(self.view_augment) != 2:
+            raise ValueError("ssl.view_augment must hold one mapping per view (2)")
+
+
+@dataclasses.dataclass
+class MomentumOptions(TwoViewOptions):
+    """A momentum (EMA) teacher whose momentum rises from ``momentum`` to ``momentum_end``
+    on a half cosine, and a predictor of hidden width ``pred_hidden`` (BYOL, MoCo v3)."""
+
+    momentum: float = 0.996
+    momentum_end: float = 1.0
+    pred_hidden: int = 4096
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("momentum", "momentum_end"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"ssl.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.pred_hidden < 1:
+            raise ValueError(f"ssl.pred_hidden must be >= 1, got {self.pred_hidden}")
 
 
 class Method(nn.Module):
@@ -129,6 +161,81 @@ class Method(nn.Module):
         (timm convention: ViT position embeddings and class token)."""
         names = getattr(self.backbone, "no_weight_decay", None)
         return set(names()) if callable(names) else set()
+
+
+class ProjectorMethod(Method):
+    """A method on ``backbone`` + ``projector`` (a :class:`ProjectionHead` shaped by the
+    ``model.proj_*`` keys), built from the config: the shared part of the two-view methods.
+    ``LAST_BN``: a BatchNorm without affine parameters on the projector's output (SimSiam,
+    MoCo v3), when ``model.proj_bn`` is on."""
+
+    LAST_BN: ClassVar[bool] = False
+
+    def __init__(self, backbone: nn.Module, cfg: Any) -> None:
+        from radengine.models import ProjectionHead
+
+        super().__init__()
+        m = cfg.model
+        self.opts = self.Options(**cfg.ssl)
+        self.backbone = backbone
+        width = backbone.feature_dim
+        self.projector = ProjectionHead(
+            width, m.proj_hidden or width, m.proj_dim, num_layers=m.proj_layers, bn=m.proj_bn,
+            last_bn=m.proj_bn and self.LAST_BN,
+        )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, backbone: nn.Module, cfg: Any) -> Method:
+        return cls(backbone, cfg)
+
+    def project(self, view: Tensor) -> Tensor:
+        """(n, C, H, W) -> (n, proj_dim): one forward pass of a view (its own BatchNorm
+        statistics, as the papers' code runs each view)."""
+        return self.projector(self.backbone.forward_features(view))
+
+    def momentum_teacher(self) -> nn.Module:
+        """A frozen copy of the backbone and projector (``backbone``, ``projector``) for
+        :func:`ema_update` with ``[self.backbone, self.projector]``."""
+        return frozen_copy(nn.ModuleDict({"backbone": self.backbone, "projector": self.projector}))
+
+
+class MomentumMethod(ProjectorMethod):
+    """A :class:`ProjectorMethod` with a predictor on the projector and a momentum (EMA)
+    copy of backbone + projector whose momentum follows :func:`cosine_schedule` from
+    ``ssl.momentum`` to ``ssl.momentum_end`` over the run (BYOL's target, MoCo v3's momentum
+    encoder: the attribute ``TEACHER`` names it), updated after each optimizer step."""
+
+    TEACHER: ClassVar[str] = "target"
+
+    def __init__(self, backbone: nn.Module, cfg: Any) -> None:
+        from radengine.models import PredictionHead
+
+        super().__init__(backbone, cfg)
+        m = cfg.model
+        self.predictor = PredictionHead(m.proj_dim, self.opts.pred_hidden, m.proj_dim, bn=m.proj_bn)
+        setattr(self, self.TEACHER, self.momentum_teacher())
+        self.momentum = self.opts.momentum
+
+    def set_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        o = self.opts
+        self.momentum = cosine_schedule(o.momentum, o.momentum_end, step, total_steps)
+
+    def after_update(self) -> None:
+        ema_update(getattr(self, self.TEACHER), [self.backbone, self.projector], self.momentum)
+
+    def predictions_and_targets(self, views: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per view (one forward pass each): the online prediction and the teacher's
+        projection (no gradient)."""
+        teacher = getattr(self, self.TEACHER)
+        return [self.predictor(self.project(v)) for v in views], [
+            project_with(teacher, v) for v in views
+        ]
+
+
+def project_with(teacher: nn.Module, view: Tensor) -> Tensor:
+    """A view through a :meth:`ProjectorMethod.momentum_teacher` (no gradient)."""
+    with torch.no_grad():
+        return teacher["projector"](teacher["backbone"].forward_features(view))
 
 
 def cosine_schedule(start: float, end: float, step: int, total: int) -> float:

@@ -23,34 +23,39 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from radengine.models import ProjectionHead
 from radengine.ops import info_nce
-from radengine.ssl.base import BLUR_HALF_VIEWS, Method, check_views, ema_update, frozen_copy
+from radengine.ssl.base import (
+    BLUR_HALF_VIEWS,
+    ProjectorMethod,
+    TwoViewOptions,
+    check_views,
+    ema_update,
+    project_with,
+)
 from radengine.ssl.losses import all_gather
 
 __all__ = ["MoCoV2"]
 
 
 @dataclasses.dataclass
-class MoCoV2Options:
-    """``ssl.*`` keys of MoCo v2."""
+class MoCoV2Options(TwoViewOptions):
+    """``ssl.*`` keys of MoCo v2 (its views: blur p 0.5 on both)."""
 
-    queue_size: int = 65536
-    momentum: float = 0.999
     view_augment: list[dict[str, Any]] = dataclasses.field(
         default_factory=lambda: [dict(v) for v in BLUR_HALF_VIEWS]
     )
+    queue_size: int = 65536
+    momentum: float = 0.999
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.queue_size < 1:
             raise ValueError(f"ssl.queue_size must be >= 1, got {self.queue_size}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"ssl.momentum must be in [0, 1], got {self.momentum}")
-        if len(self.view_augment) != 2:
-            raise ValueError("ssl.view_augment must hold one mapping per view (2)")
 
 
-class MoCoV2(Method):
+class MoCoV2(ProjectorMethod):
     """Query encoder + head, their momentum copy (keys), and the queue (a buffer)."""
 
     name = "mocov2"
@@ -63,31 +68,19 @@ class MoCoV2(Method):
                   "weight_decay": 1e-4},
     }  # fmt: skip
 
-    def __init__(self, backbone: nn.Module, opts: MoCoV2Options, proj_dim: int,
-                 proj_hidden: int | None, proj_layers: int, proj_bn: bool, temperature: float,
-                 batch_size: int) -> None:  # fmt: skip
-        super().__init__()
-        if opts.queue_size % batch_size:
+    def __init__(self, backbone: nn.Module, cfg: Any) -> None:
+        super().__init__(backbone, cfg)
+        size, batch = self.opts.queue_size, cfg.optim.batch_size
+        if size % batch:
             raise ValueError(
-                f"ssl.queue_size={opts.queue_size} must be a multiple of the global batch "
-                f"optim.batch_size={batch_size} (each step replaces one batch of keys)"
+                f"ssl.queue_size={size} must be a multiple of the global batch "
+                f"optim.batch_size={batch} (each step replaces one batch of keys)"
             )
-        self.opts = opts
-        self.temperature = temperature
-        self.backbone = backbone
-        width = backbone.feature_dim
-        self.projector = ProjectionHead(width, proj_hidden or width, proj_dim,
-                                        num_layers=proj_layers, bn=proj_bn)  # fmt: skip
-        self.key_encoder = frozen_copy(nn.ModuleDict({"backbone": backbone,
-                                                      "projector": self.projector}))  # fmt: skip
-        self.register_buffer("queue", F.normalize(torch.randn(opts.queue_size, proj_dim), dim=1))
+        self.temperature = cfg.loss.temperature
+        self.key_encoder = self.momentum_teacher()
+        dim = cfg.model.proj_dim
+        self.register_buffer("queue", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-
-    @classmethod
-    def from_config(cls, backbone: nn.Module, cfg: Any) -> MoCoV2:
-        m = cfg.model
-        return cls(backbone, MoCoV2Options(**cfg.ssl), m.proj_dim, m.proj_hidden, m.proj_layers,
-                   m.proj_bn, cfg.loss.temperature, cfg.optim.batch_size)  # fmt: skip
 
     def after_update(self) -> None:
         ema_update(self.key_encoder, [self.backbone, self.projector], self.opts.momentum)
@@ -103,10 +96,8 @@ class MoCoV2(Method):
         """(query view, key view), each (n, C, H, W) -> () InfoNCE of the n queries; then
         the global batch's keys replace the oldest ones in the queue."""
         check_views(views, 2, "MoCo v2")
-        q = self.projector(self.backbone.forward_features(views[0]))
-        with torch.no_grad():
-            e = self.key_encoder
-            k = F.normalize(e["projector"](e["backbone"].forward_features(views[1])).float(), dim=1)
+        q = self.project(views[0])
+        k = F.normalize(project_with(self.key_encoder, views[1]).float(), dim=1)
         loss = info_nce(q.float(), k, self.queue.clone(), self.temperature)
         self._enqueue(k)
         return loss

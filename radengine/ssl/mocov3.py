@@ -21,51 +21,31 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from radengine.models import PredictionHead, ProjectionHead
-from radengine.ssl.base import (
-    ASYMMETRIC_VIEWS,
-    Method,
-    check_views,
-    cosine_schedule,
-    ema_update,
-    frozen_copy,
-)
+from radengine.ssl.base import MomentumMethod, MomentumOptions, check_views
 from radengine.ssl.losses import moco_v3_loss
 
 __all__ = ["MoCoV3"]
 
 
 @dataclasses.dataclass
-class MoCoV3Options:
-    """``ssl.*`` keys of MoCo v3."""
+class MoCoV3Options(MomentumOptions):
+    """``ssl.*`` keys of MoCo v3: momentum 0.99 -> 1, predictor width 4096, the asymmetric
+    views, and a ViT's patch embedding frozen at its random init."""
 
     momentum: float = 0.99
-    momentum_end: float = 1.0
-    pred_hidden: int = 4096
     freeze_patch_embed: bool = True  # ViT backbones only
-    view_augment: list[dict[str, Any]] = dataclasses.field(
-        default_factory=lambda: [dict(v) for v in ASYMMETRIC_VIEWS]
-    )
-
-    def __post_init__(self) -> None:
-        for key in ("momentum", "momentum_end"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"ssl.{key} must be in [0, 1], got {getattr(self, key)}")
-        if self.pred_hidden < 1:
-            raise ValueError(f"ssl.pred_hidden must be >= 1, got {self.pred_hidden}")
-        if len(self.view_augment) != 2:
-            raise ValueError("ssl.view_augment must hold one mapping per view (2)")
 
 
-class MoCoV3(Method):
+class MoCoV3(MomentumMethod):
     """Backbone + projector + predictor, and the momentum backbone + projector."""
 
     name = "mocov3"
     summary = "MoCo v3: symmetrised InfoNCE against a momentum encoder's in-batch keys"
     Options = MoCoV3Options
+    LAST_BN = True
+    TEACHER = "momentum_encoder"
 
     @classmethod
     def recipe(cls, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,45 +62,17 @@ class MoCoV3(Method):
         return {**super().recipe(data), "model": model, "optim": optim,
                 "loss": {"temperature": 0.2 if vit else 1.0}}  # fmt: skip
 
-    def __init__(self, backbone: nn.Module, opts: MoCoV3Options, proj_dim: int,
-                 proj_hidden: int, proj_layers: int, proj_bn: bool,
-                 temperature: float) -> None:  # fmt: skip
-        super().__init__()
-        self.opts = opts
-        self.temperature = temperature
-        self.backbone = backbone
-        if opts.freeze_patch_embed and hasattr(backbone, "patch_embed"):
+    def __init__(self, backbone: nn.Module, cfg: Any) -> None:
+        super().__init__(backbone, cfg)
+        if self.opts.freeze_patch_embed and hasattr(backbone, "patch_embed"):
             for p in backbone.patch_embed.parameters():
                 p.requires_grad_(False)
-        self.projector = ProjectionHead(
-            backbone.feature_dim, proj_hidden, proj_dim, num_layers=proj_layers, bn=proj_bn,
-            last_bn=proj_bn,
-        )  # fmt: skip
-        self.predictor = PredictionHead(proj_dim, opts.pred_hidden, proj_dim, bn=proj_bn)
-        self.momentum_encoder = frozen_copy(nn.ModuleDict({"backbone": backbone,
-                                                           "projector": self.projector}))  # fmt: skip
-        self.momentum = opts.momentum
-
-    @classmethod
-    def from_config(cls, backbone: nn.Module, cfg: Any) -> MoCoV3:
-        m = cfg.model
-        return cls(backbone, MoCoV3Options(**cfg.ssl), m.proj_dim, m.proj_hidden, m.proj_layers,
-                   m.proj_bn, cfg.loss.temperature)  # fmt: skip
-
-    def set_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
-        self.momentum = cosine_schedule(self.opts.momentum, self.opts.momentum_end, step,
-                                        total_steps)  # fmt: skip
-
-    def after_update(self) -> None:
-        ema_update(self.momentum_encoder, [self.backbone, self.projector], self.momentum)
+        self.temperature = cfg.loss.temperature
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         """Two (n, C, H, W) views -> () ctr(q1, k2) + ctr(q2, k1), each the mean over this
         rank's queries against the keys of every rank (one forward pass per view)."""
         check_views(views, 2, "MoCo v3")
-        q = [self.predictor(self.projector(self.backbone.forward_features(v))) for v in views]
-        with torch.no_grad():
-            e = self.momentum_encoder
-            k = [e["projector"](e["backbone"].forward_features(v)) for v in views]
+        q, k = self.predictions_and_targets(views)
         t = self.temperature
         return moco_v3_loss(q[0], k[1], t) + moco_v3_loss(q[1], k[0], t)

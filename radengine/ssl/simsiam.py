@@ -19,62 +19,50 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from radengine.models import PredictionHead, ProjectionHead
-from radengine.ssl.base import BLUR_HALF_VIEWS, Method, check_views
+from radengine.models import PredictionHead
+from radengine.ssl.base import BLUR_HALF_VIEWS, ProjectorMethod, TwoViewOptions, check_views
 from radengine.ssl.losses import simsiam_loss
 
 __all__ = ["SimSiam"]
 
 
 @dataclasses.dataclass
-class SimSiamOptions:
-    """``ssl.*`` keys of SimSiam."""
+class SimSiamOptions(TwoViewOptions):
+    """``ssl.*`` keys of SimSiam (MoCo v2's views: blur p 0.5 on both)."""
 
-    pred_hidden: int = 512
     view_augment: list[dict[str, Any]] = dataclasses.field(
         default_factory=lambda: [dict(v) for v in BLUR_HALF_VIEWS]
     )
+    pred_hidden: int = 512
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.pred_hidden < 1:
             raise ValueError(f"ssl.pred_hidden must be >= 1, got {self.pred_hidden}")
-        if len(self.view_augment) != 2:
-            raise ValueError("ssl.view_augment must hold one mapping per view (2)")
 
 
-class SimSiam(Method):
+class SimSiam(ProjectorMethod):
     """Backbone + projector (last BN) + predictor; symmetrised negative cosine."""
 
     name = "simsiam"
     summary = "SimSiam: predictor + stop-gradient Siamese network; no negatives, no EMA"
     Options = SimSiamOptions
+    LAST_BN = True
     RECIPE: ClassVar[dict[str, Any]] = {
         "model": {"proj_dim": 2048, "proj_hidden": 2048, "proj_layers": 3, "proj_bn": True},
         "optim": {"name": "sgd", "lr_scaling": "linear", "lr_base": 0.05, "momentum": 0.9,
                   "weight_decay": 1e-4},
     }  # fmt: skip
 
-    def __init__(self, backbone: nn.Module, opts: SimSiamOptions, proj_dim: int,
-                 proj_hidden: int, proj_layers: int, proj_bn: bool) -> None:  # fmt: skip
-        super().__init__()
-        self.opts = opts
-        self.backbone = backbone
-        self.projector = ProjectionHead(
-            backbone.feature_dim, proj_hidden, proj_dim, num_layers=proj_layers, bn=proj_bn,
-            last_bn=proj_bn,
-        )  # fmt: skip
-        self.predictor = PredictionHead(proj_dim, opts.pred_hidden, proj_dim, bn=proj_bn)
-
-    @classmethod
-    def from_config(cls, backbone: nn.Module, cfg: Any) -> SimSiam:
+    def __init__(self, backbone: nn.Module, cfg: Any) -> None:
+        super().__init__(backbone, cfg)
         m = cfg.model
-        return cls(backbone, SimSiamOptions(**cfg.ssl), m.proj_dim, m.proj_hidden,
-                   m.proj_layers, m.proj_bn)  # fmt: skip
+        self.predictor = PredictionHead(m.proj_dim, self.opts.pred_hidden, m.proj_dim, bn=m.proj_bn)
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         """Two (n, C, H, W) views -> () D(p1, z2) / 2 + D(p2, z1) / 2 (one forward pass per
         view, as the paper's code)."""
         check_views(views, 2, "SimSiam")
-        z = [self.projector(self.backbone.forward_features(v)) for v in views]
+        z = [self.project(v) for v in views]
         p = [self.predictor(zi) for zi in z]
         return simsiam_loss(p[0], z[1]) / 2 + simsiam_loss(p[1], z[0]) / 2

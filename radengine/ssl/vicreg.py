@@ -15,35 +15,31 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from radengine.models import ProjectionHead
-from radengine.ssl.base import ASYMMETRIC_VIEWS, Method, check_views, small_backbone
+from radengine.ssl.barlowtwins import wide_projector_recipe
+from radengine.ssl.base import ProjectorMethod, TwoViewOptions, check_views
 from radengine.ssl.losses import vicreg_loss
 
 __all__ = ["VICReg"]
 
 
 @dataclasses.dataclass
-class VICRegOptions:
-    """``ssl.*`` keys of VICReg."""
+class VICRegOptions(TwoViewOptions):
+    """``ssl.*`` keys of VICReg (BYOL's asymmetric views by default)."""
 
     sim_coeff: float = 25.0
     std_coeff: float = 25.0
     cov_coeff: float = 1.0
-    view_augment: list[dict[str, Any]] = dataclasses.field(
-        default_factory=lambda: [dict(v) for v in ASYMMETRIC_VIEWS]
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key in ("sim_coeff", "std_coeff", "cov_coeff"):
             if getattr(self, key) < 0:
                 raise ValueError(f"ssl.{key} must be >= 0, got {getattr(self, key)}")
-        if len(self.view_augment) != 2:
-            raise ValueError("ssl.view_augment must hold one mapping per view (2)")
 
 
-class VICReg(Method):
+class VICReg(ProjectorMethod):
     """Backbone + expander; invariance, variance and covariance terms."""
 
     name = "vicreg"
@@ -56,30 +52,12 @@ class VICReg(Method):
 
     @classmethod
     def recipe(cls, data: Mapping[str, Any]) -> dict[str, Any]:
-        """The paper's recipe; on ResNet-18/34 a 2048-wide projector (solo-learn's)."""
-        out = super().recipe(data)
-        if small_backbone(data):
-            out["model"] = {**out["model"], "proj_dim": 2048, "proj_hidden": 2048}
-        return out
-
-    def __init__(self, backbone: nn.Module, opts: VICRegOptions, proj_dim: int,
-                 proj_hidden: int, proj_layers: int, proj_bn: bool) -> None:  # fmt: skip
-        super().__init__()
-        self.opts = opts
-        self.backbone = backbone
-        self.projector = ProjectionHead(
-            backbone.feature_dim, proj_hidden, proj_dim, num_layers=proj_layers, bn=proj_bn
-        )
-
-    @classmethod
-    def from_config(cls, backbone: nn.Module, cfg: Any) -> VICReg:
-        m = cfg.model
-        return cls(backbone, VICRegOptions(**cfg.ssl), m.proj_dim, m.proj_hidden,
-                   m.proj_layers, m.proj_bn)  # fmt: skip
+        """The paper's recipe; on ResNet-18/34 a 2048-wide expander (solo-learn's)."""
+        return wide_projector_recipe(super().recipe(data), data)
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         """Two (n, C, H, W) views -> () this rank's loss (one forward pass per view)."""
         check_views(views, 2, "VICReg")
-        z1, z2 = (self.projector(self.backbone.forward_features(v)) for v in views)
+        z1, z2 = (self.project(v) for v in views)
         o = self.opts
         return vicreg_loss(z1, z2, o.sim_coeff, o.std_coeff, o.cov_coeff)

@@ -56,6 +56,20 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "radengine.cli", "pretrain", *args]
 
 
+def kill_9_after_checkpoint(args: list[str], out: Path, step: int) -> None:
+    """Run the pretraining command ``args`` (into ``out``) and SIGKILL it as soon as its
+    step-``step`` checkpoint exists; assert it was killed before finishing."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "checkpoints" / f"step-{step:08d}.pt"
+    deadline = time.time() + 180
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), f"the run never wrote its step-{step} checkpoint"
+    assert not (out / "encoder.pt").exists(), "the run finished before it was killed"
+
+
 def test_kill_9_then_resume_gives_the_uninterrupted_weights(ct_store, tmp_path):
     extra = ["train.max_steps=12"]
     full = tmp_path / "full"
@@ -63,16 +77,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(ct_store, tmp_path):
     assert r.steps == 12 and r.stopped and "max_steps" in r.stopped
 
     killed = tmp_path / "killed"
-    args = _cli(*TINY, f"data.store={ct_store}", f"train.out={killed}", *extra)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "checkpoints" / "step-00000008.pt"
-    deadline = time.time() + 180
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the run never wrote its step-8 checkpoint"
-    assert not (killed / "encoder.pt").exists(), "the run finished before it was killed"
+    kill_9_after_checkpoint(_cli(*TINY, f"data.store={ct_store}", f"train.out={killed}", *extra),
+                            killed, step=8)  # fmt: skip
 
     resumed = pretrain(_cfg(ct_store, killed, *extra), resume=str(killed))
     assert resumed.steps == 12
@@ -605,7 +611,8 @@ DDP_EXTRA = [
 ]
 
 
-def _ddp_worker(rank: int, world: int, port: int, store: str, out: str) -> None:
+def ddp_rank_env(rank: int, world: int, port: int) -> None:
+    """What torchrun sets for a rank (loopback rendezvous), one thread, the nobn model."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -615,6 +622,10 @@ def _ddp_worker(rank: int, world: int, port: int, store: str, out: str) -> None:
     )
     torch.set_num_threads(1)
     _register_nobn()
+
+
+def _ddp_worker(rank: int, world: int, port: int, store: str, out: str) -> None:
+    ddp_rank_env(rank, world, port)
     cfg = _cfg(Path(store), Path(out), *DDP_EXTRA)
     r = pretrain(cfg)
     Path(out, f"loss-{rank}.json").write_text(json.dumps(r.loss))

@@ -6,18 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from radengine.data.builtin import write_synthetic_ct_store
-
-
-@pytest.fixture
-def one_thread():
-    # Tiny models on 2 busy cores: intra-op threads only add synchronisation.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

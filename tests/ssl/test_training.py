@@ -6,11 +6,7 @@ method-agnostic trainer replaced."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from radengine.data.builtin import write_synthetic_ct_store
 from radengine.engine import checkpoint
 from radengine.engine.trainer import pretrain
 from radengine.ssl import METHODS
-from tests.engine.test_trainer import TINY, _free_port, _register_nobn
+from tests.engine.test_trainer import TINY, _free_port, ddp_rank_env, kill_9_after_checkpoint
 from tests.ssl.test_methods import SMALL
 
 
@@ -73,15 +69,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_state(ct_store, tmp_path, me
     killed = tmp_path / "killed"
     args = [sys.executable, "-m", "radengine.cli", "pretrain", *TINY, f"data.store={ct_store}",
             f"train.out={killed}", *extra]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "checkpoints" / "step-00000008.pt"
-    deadline = time.time() + 180
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the run never wrote its step-8 checkpoint"
-    assert not (killed / "encoder.pt").exists(), "the run finished before it was killed"
+    kill_9_after_checkpoint(args, killed, step=8)
     pretrain(
         load_pretrain_config(overrides=[*TINY, f"data.store={ct_store}", f"train.out={killed}",
                                         *extra]),
@@ -111,10 +99,7 @@ DDP = [
 
 def _worker(rank: int, world: int, port: int, store: str, out: str, method: str,
             *extra: str) -> None:  # fmt: skip
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    torch.set_num_threads(1)
-    _register_nobn()
+    ddp_rank_env(rank, world, port)
     r = pretrain(_cfg(Path(store), Path(out), method, *DDP, *extra))
     Path(out, f"loss-{rank}.json").write_text(json.dumps(r.loss))
 

@@ -41,14 +41,6 @@ def store(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("method", ["dino", "mocov3"])
 def test_vit_pretraining_then_every_evaluation(store, tmp_path, method):
