@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="CSV path (default results/<device>.csv)")
     args = parser.parse_args(argv)
 
-    from radengine.engine.trainer import cpu_has_native_bf16
+    from radengine.engine.setup import cpu_has_native_bf16
     from radengine.models import create_model
 
     device = torch.device(args.device)

@@ -17,7 +17,8 @@ from radengine.config import (
     dump_yaml,
     load_pretrain_config,
 )
-from radengine.engine.trainer import _resolved_lr, _window_spec
+from radengine.engine.setup import resolved_lr
+from radengine.engine.views import window_spec
 from radengine.ops.augment import AugmentSpec
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "pretrain"
@@ -111,7 +112,7 @@ def test_study_a_config_is_the_paper_setup():
     assert cfg.augment.size == 256 and cfg.augment.preset == "simclr"
     assert cfg.augment.intensity == "minmax" and cfg.augment.repeat == 3
     assert cfg.optim.batch_size == 4096 and cfg.optim.epochs == 100
-    assert cfg.optim.name == "lars" and math.isclose(_resolved_lr(cfg), 4.8)
+    assert cfg.optim.name == "lars" and math.isclose(resolved_lr(cfg), 4.8)
     assert cfg.optim.weight_decay == 1e-6 and cfg.optim.exclude_bias_and_norm
     assert cfg.loss.temperature == 0.5 and cfg.model.proj_dim == 256
 
@@ -133,6 +134,6 @@ def test_every_shipped_config_resolves(path):
     if "imagenet" in path.name and "then" not in path.name:
         assert cfg.data.domain == "natural"
     if "hu_windows" in path.name:
-        assert _window_spec(cfg).channels == 3 and not _window_spec(cfg).minmax
+        assert window_spec(cfg).channels == 3 and not window_spec(cfg).minmax
     spec = AugmentSpec.parse({"preset": cfg.augment.preset, **cfg.augment.params})  # valid
     assert spec.window_jitter_p == (0.8 if "hu_windows" in path.name else 0.0)

@@ -50,6 +50,7 @@ __all__ = [
     "rng_state",
     "save",
     "set_rng_state",
+    "state_bytes",
 ]
 
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
@@ -156,6 +157,13 @@ def _size(n: int) -> str:
         return f"{n} bytes"
     power = min(3, int(math.log(n, 1024)))
     return f"{n / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
+
+
+def state_bytes(module: torch.nn.Module) -> bytes:
+    """``module``'s state dict, detached and on the CPU, as ``torch.save`` bytes (encoder.pt)."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    return buf.getvalue()
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ __all__ = [
     "DistributedError",
     "all_reduce_max",
     "all_reduce_mean",
+    "barrier",
     "broadcast_object",
     "cleanup",
     "setup",
@@ -220,6 +221,12 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing without a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,7 @@ class BenchSettings:
     @property
     def dtype(self) -> str:
         """The autocast dtype of the model step (the trainer's rule), for the CSV."""
-        from radengine.engine.trainer import cpu_has_native_bf16
+        from radengine.engine.setup import cpu_has_native_bf16
 
         p = self.precision
         if p == "auto":
@@ -344,7 +344,7 @@ def _overrides(s: BenchSettings, total_steps: int, spe: int, out: str | None) ->
 
 
 def _train_indices(s: BenchSettings, cfg) -> tuple[Store, np.ndarray]:
-    from radengine.engine.trainer import open_store
+    from radengine.engine.stages import open_store
 
     store = open_store(s.domain, s.data, progress=True)
     idx = store.select(cfg.data.split, fraction=cfg.data.fraction, seed=cfg.data.split_seed)
@@ -593,7 +593,7 @@ def _view_transform(spec: Any, size: int) -> StudyTransform:
 
 @dataclass
 class MethodTransform:
-    """A method's views (``trainer._ViewPlan``: a spec and a size per view), per sample."""
+    """A method's views (``views.ViewPlan``: a spec and a size per view), per sample."""
 
     views: list[StudyTransform]
 
@@ -658,7 +658,7 @@ def _training_pieces(cfg, device: torch.device, steps_per_epoch: int, study: boo
     with ``study=True`` the model runs as the study's code runs it: NCHW, and AMP
     (``torch.cuda.amp``: fp16 autocast + grad scaling) on CUDA, plain fp32 on CPU."""
     from radengine.engine.optim import WarmupCosine
-    from radengine.engine.trainer import _amp_dtype, _optimizer, _resolved_lr, build_model
+    from radengine.engine.setup import amp_dtype, build_model, build_optimizer, resolved_lr
 
     channels_last = (
         cfg.model.channels_last
@@ -669,12 +669,12 @@ def _training_pieces(cfg, device: torch.device, steps_per_epoch: int, study: boo
     model = build_model(cfg, in_chans=3).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(cfg, model, _resolved_lr(cfg))
+    optimizer = build_optimizer(cfg, model, resolved_lr(cfg))
     total = cfg.optim.epochs * steps_per_epoch
     warmup = min(total, round(cfg.optim.warmup_epochs * steps_per_epoch))
     scheduler = WarmupCosine(optimizer, total, warmup, cfg.optim.final_lr_fraction)
     study_amp = torch.float16 if device.type == "cuda" else None
-    amp = study_amp if study else _amp_dtype(cfg, device)
+    amp = study_amp if study else amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     return model, optimizer, scheduler, scaler, amp, channels_last
 
@@ -689,9 +689,9 @@ def _epochs(loader) -> Iterator[list[Tensor]]:
 
 
 def _plan(cfg, model) -> Any:
-    from radengine.engine.trainer import _ViewPlan
+    from radengine.engine.views import ViewPlan
 
-    return _ViewPlan.of(cfg, model)
+    return ViewPlan.of(cfg, model)
 
 
 def bench_baseline(s: BenchSettings) -> PipelineResult:

@@ -4,10 +4,11 @@ with DDP, bf16, atomic checkpoints, exact resume and MLflow tracking (rank 0).
 Determinism. Everything random in a step is a pure function of (seed, step): the loader's
 order is a function of (seed, epoch) (radengine/data/loader.py), and each step's
 augmentation parameters are drawn for the GLOBAL batch from a generator seeded with
-(seed, step, source) and then sliced to this rank's rows. So a resumed run replays exactly
-the batches and views the uninterrupted run would have seen, and W ranks see exactly the
-views one process would (only the BN statistics, per rank, differ; the 2-process gloo test
-uses a model without BN and shows equal losses and gradients).
+(seed, step, source) and then sliced to this rank's rows (radengine/engine/views.py). So a
+resumed run replays exactly the batches and views the uninterrupted run would have seen,
+and W ranks see exactly the views one process would (only the BN statistics, per rank,
+differ; the 2-process gloo test uses a model without BN and shows equal losses and
+gradients).
 
 Non-finite losses. Each step all-reduces its loss first, so every rank takes the same
 decision: ``train.nonfinite=stop`` ends the run with an error naming the step and the last
@@ -16,10 +17,10 @@ run can diverge to huge but finite weights before its loss turns NaN), with the 
 resume from it; ``skip`` drops the update (backward still runs so DDP's bookkeeping stays in
 step), restores the buffers the forward pass updated (BatchNorm statistics) so the step
 leaves no trace, and stops only after ``train.max_skips`` skips in a row. A checkpoint is
-never written from non-finite weights. A resume may change the remedies
-(RESUME_REMEDY_KEYS: the learning rate, gradient clipping, train.nonfinite/max_skips); each
-change is recorded (checkpoint, summary.json, config.yaml comments, MLflow tag
-``resume_changes``).
+never written from non-finite weights. A resume may change the remedies (RESUME_REMEDY_KEYS
+in radengine/engine/rundir.py: the learning rate, gradient clipping,
+train.nonfinite/max_skips); each change is recorded (checkpoint, summary.json, config.yaml
+comments, MLflow tag ``resume_changes``).
 
 Preemption. SIGTERM/SIGUSR1 (Slurm, Kubernetes, torchrun forwarding them) set a flag that
 rides on the same per-step all-reduce as the loss, so when any rank is signalled every rank
@@ -42,7 +43,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +52,19 @@ from torch import Tensor, nn
 
 from radengine import config as config_mod
 from radengine.config import PretrainConfig
-from radengine.data.loader import StoreLoader
-from radengine.data.store import Store, StoreError, remove_temp_files
+from radengine.data.store import remove_temp_files
 from radengine.engine import checkpoint, distributed
-from radengine.engine.optim import LARS, WarmupCosine, param_groups, scaled_lr
-from radengine.errors import UserError, describe_os_error
+from radengine.engine.errors import PretrainError
+from radengine.engine.monitor import knn_monitor
+from radengine.engine.optim import WarmupCosine
+from radengine.engine.run_tracking import open_tracker, start_run
+from radengine.engine.rundir import check_writable, config_text, resolve_out, write_if_changed
+from radengine.engine.setup import amp_dtype, build_model, build_optimizer, channels, resolved_lr
+from radengine.engine.stages import Stage, build_stages
+from radengine.engine.views import ViewPlan, step_views, window_spec
 from radengine.fmt import percent
 
-__all__ = ["PretrainError", "PretrainResult", "pretrain"]
+__all__ = ["PretrainResult", "pretrain"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -69,40 +74,6 @@ CHECKPOINT_FORMAT = 1
 # orders of magnitude larger (1e28 before the loss turns NaN); healthy training changes the
 # norm a few-fold at most.
 SANE_FACTOR = 10.0
-
-# Config keys that do not change the computation: a resume may differ in these.
-RESUME_FREE_KEYS = (
-    "train.out",
-    "train.progress",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.max_steps",
-    "train.device",
-    "data.workers",
-    "data.prefetch",
-    "data.pin_memory",
-    "knn",
-    "tracking",
-    "dist",
-)
-# Config keys a resume may change because they are the remedies for a diverging run (the
-# non-finite messages suggest them). They change the computation from the resumed step on,
-# so each change is recorded: the checkpoint and summary.json (``resume_changes``), comments
-# atop config.yaml, and the MLflow tag ``resume_changes`` (params are write-once).
-RESUME_REMEDY_KEYS = (
-    "optim.lr",
-    "optim.lr_base",
-    "optim.lr_scaling",
-    "optim.grad_clip",
-    "train.nonfinite",
-    "train.max_skips",
-)
-STORE_KIND = {"ct": "ct", "natural": "images"}
-
-
-class PretrainError(UserError, RuntimeError):
-    """A pretraining run that cannot start or continue; the message says what to do."""
 
 
 @dataclass
@@ -149,403 +120,6 @@ class PretrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class _Source:
-    domain: str
-    store: Store
-    indices: np.ndarray
-    rows: int  # this rank's rows per step from this source
-    fraction: float
-
-    def describe(self) -> str:
-        return f"{self.domain} store {self.store.path} ({len(self.indices)} samples)"
-
-
-def open_store(domain: str, path: str | None, *, progress: bool = True) -> Store:
-    """The store for ``domain``: ``path``, or the built-in synthetic one when None."""
-    if path is None:
-        from radengine.data.builtin import builtin_store
-
-        return builtin_store(domain, progress=progress)
-    try:
-        store = Store(path)
-    except StoreError as exc:
-        raise PretrainError(f"data store: {exc}") from None
-    if store.kind != STORE_KIND[domain]:
-        other = "natural" if store.kind == "images" else store.kind
-        raise PretrainError(
-            f"store {path} holds {other} data but the run's domain is {domain}; "
-            f"use --domain {other} or a {domain} store"
-        )
-    if not store.finished:
-        raise PretrainError(
-            f"store {path} is incomplete (an ingest did not finish); rerun the ingest command "
-            "to complete it"
-        )
-    return store
-
-
-def _shares(total: int, weights: list[float]) -> list[int]:
-    """Split ``total`` rows by ``weights`` (largest remainders), each share >= 1."""
-    if total < len(weights):
-        raise PretrainError(
-            f"a batch of {total} rows per rank cannot hold {len(weights)} mixed sources"
-        )
-    raw = [total * w / sum(weights) for w in weights]
-    shares = [max(1, int(r)) for r in raw]
-    order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
-    i = 0
-    while sum(shares) < total:
-        shares[order[i % len(order)]] += 1
-        i += 1
-    while sum(shares) > total:
-        j = max(range(len(shares)), key=lambda k: shares[k])
-        shares[j] -= 1
-    return shares
-
-
-@dataclass
-class _Stage:
-    epochs: int
-    sources: list[_Source]
-    loaders: list[StoreLoader]
-    steps_per_epoch: int
-
-
-def _build_stages(cfg: PretrainConfig, dist_info: distributed.DistInfo) -> list[_Stage]:
-    d = cfg.data
-    if cfg.optim.batch_size % dist_info.world_size:
-        raise PretrainError(
-            f"optim.batch_size={cfg.optim.batch_size} is the global batch and must divide by "
-            f"the {dist_info.world_size} ranks"
-        )
-    per_rank = cfg.optim.batch_size // dist_info.world_size
-    if cfg.stages:
-        plans = [
-            (st.epochs, [config_mod.SourceConfig(st.domain, st.store, st.fraction)])
-            for st in cfg.stages
-        ]
-    else:
-        plans = [(cfg.optim.epochs, d.sources())]
-    pin = d.pin_memory if d.pin_memory is not None else dist_info.device.type == "cuda"
-    stages = []
-    for s_index, (epochs, srcs) in enumerate(plans):
-        rows = _shares(per_rank, [s.weight for s in srcs])
-        sources, loaders = [], []
-        for k, (src, n) in enumerate(zip(srcs, rows, strict=True)):
-            store = open_store(
-                src.domain, src.store, progress=dist_info.main and cfg.train.progress
-            )
-            try:
-                idx = store.select(
-                    None if d.split == "all" else d.split, fraction=src.fraction, seed=d.split_seed
-                )
-            except ValueError as exc:
-                raise PretrainError(f"data ({src.domain}, {store.path}): {exc}") from None
-            if len(idx) == 0:
-                raise PretrainError(
-                    f"the {d.split} split of {store.path} at fraction {src.fraction} is empty"
-                )
-            global_rows = n * dist_info.world_size
-            if len(idx) < global_rows:
-                raise PretrainError(
-                    f"batch of {global_rows} {src.domain} samples is larger than the "
-                    f"{len(idx)} samples of {store.path} ({d.split} split, fraction "
-                    f"{src.fraction}); lower optim.batch_size or use more data"
-                )
-            sources.append(_Source(src.domain, store, idx, n, src.fraction))
-            loaders.append(
-                StoreLoader(
-                    store,
-                    idx,
-                    batch_size=n,
-                    seed=cfg.seed * 1000 + s_index * 10 + k,
-                    rank=dist_info.rank,
-                    world_size=dist_info.world_size,
-                    workers=d.workers,
-                    pin_memory=pin,
-                    prefetch=d.prefetch,
-                )
-            )
-        spe = min(len(ld) for ld in loaders)
-        stages.append(_Stage(epochs, sources, loaders, spe))
-    return stages
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def _channels(cfg: PretrainConfig, domain: str) -> int:
-    if domain == "natural":
-        return 3
-    from radengine.ops.hu_window import WindowSpec
-
-    return WindowSpec.parse(cfg.augment.intensity, repeat=cfg.augment.repeat).channels
-
-
-def build_model(cfg: PretrainConfig, in_chans: int) -> nn.Module:
-    """The SSL method module (``radengine.ssl``) of ``cfg.method`` on a fresh
-    ``cfg.model.arch`` backbone."""
-    from radengine import ssl
-    from radengine.models import create_model
-
-    m = cfg.model
-    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans}
-    if m.arch.startswith("resnet"):
-        kwargs["zero_init_residual"] = m.zero_init_residual
-    elif m.arch.startswith("vit"):
-        kwargs["img_size"] = cfg.augment.size
-    try:
-        backbone = create_model(m.arch, **kwargs)
-    except (ValueError, ImportError) as exc:
-        raise PretrainError(f"model.arch: {exc}") from None
-    try:
-        return ssl.build(cfg, backbone)
-    except ValueError as exc:
-        raise PretrainError(f"{cfg.method}: {exc}") from None
-
-
-def _resolved_lr(cfg: PretrainConfig) -> float:
-    o = cfg.optim
-    if o.lr is not None:
-        return o.lr
-    if o.lr_scaling == "none":
-        return o.lr_base if o.lr_base is not None else 0.1
-    return scaled_lr(o.batch_size, o.lr_scaling, o.lr_base)
-
-
-def _optimizer(cfg: PretrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    o = cfg.optim
-    groups = param_groups(model, o.weight_decay, o.exclude_bias_and_norm)
-    if o.name == "lars":
-        return LARS(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where oneDNN's bf16
-    convolutions are about twice as fast as fp32 ones; elsewhere bf16 is emulated (slow)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available()) and bool(
-            torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: ``auto`` is bf16 on CUDA and on CPUs with native bf16, else fp32."""
-    p = cfg.train.precision
-    if p == "auto":
-        native = device.type == "cuda" or cpu_has_native_bf16()
-        p = "bf16" if native else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
-
-
-# ----------------------------------------------------------------------------- views
-
-
-@dataclass(frozen=True)
-class _ViewPlan:
-    """The method's views resolved against the run's augmentation: a parsed spec and an
-    output size per view (``Method.view_plan``)."""
-
-    specs: tuple[Any, ...]
-    sizes: tuple[int, ...]
-
-    @classmethod
-    def of(cls, cfg: PretrainConfig, method: Any) -> _ViewPlan:
-        from radengine.ops.augment import AugmentSpec
-
-        base = {"preset": cfg.augment.preset, **cfg.augment.params}
-        try:
-            AugmentSpec.parse(base)
-        except ValueError as exc:
-            raise PretrainError(f"augment: {exc}") from None
-        specs, sizes = [], []
-        for i, view in enumerate(method.view_plan(cfg.augment.size)):
-            try:
-                specs.append(AugmentSpec.parse({**base, **view.augment}))
-            except ValueError as exc:
-                raise PretrainError(
-                    f"view {i} of {cfg.method} (its ssl.* view keys over augment.*): {exc}"
-                ) from None
-            sizes.append(view.size)
-        return cls(tuple(specs), tuple(sizes))
-
-
-def _views(
-    cfg: PretrainConfig,
-    plan: _ViewPlan,
-    stage: _Stage,
-    batches: list[dict[str, Tensor]],
-    step: int,
-    dist_info: distributed.DistInfo,
-    device: torch.device,
-    dtype: torch.dtype,
-    channels_last: bool,
-    window: Any,
-) -> list[Tensor]:
-    """The method's views of this rank's rows of the step's global batch, made on the
-    device (one tensor per view: rows of every source, in source order).
-
-    Parameters are sampled for the global batch of each source (seeded by step and source)
-    and sliced, so the views do not depend on the number of ranks."""
-    from radengine.ops.augment import augment_views, sample_params
-
-    a = cfg.augment
-    V = len(plan.specs)
-    per_view: list[list[Tensor]] = [[] for _ in range(V)]
-    for k, (src, batch) in enumerate(zip(stage.sources, batches, strict=True)):
-        x = batch["image"].to(device, non_blocking=True)
-        n = src.rows
-        is_ct = src.domain == "ct"
-        params = sample_params(
-            list(plan.specs),
-            V,
-            n * dist_info.world_size,
-            tuple(x.shape[1:3]),
-            window if is_ct else None,
-            seed=_step_seed(cfg.seed, step, k),
-        )
-        params = _rows(params, dist_info.rank * n, (dist_info.rank + 1) * n)
-        views, _ = augment_views(
-            x,
-            list(plan.specs),
-            views=V,
-            sizes=list(plan.sizes),
-            intensity=a.intensity,
-            repeat=a.repeat,
-            mean=a.mean,
-            std=a.std,
-            params=params,
-            dtype=dtype,
-            channels_last=channels_last,
-        )
-        for v in range(V):
-            per_view[v].append(views[v])
-    return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_view]
-
-
-def _rows(params: Any, lo: int, hi: int) -> Any:
-    """This rank's samples [lo, hi) of parameters drawn for the global batch."""
-    if lo == 0 and hi == params.batch:
-        return params
-    fields = {}
-    for name, t in params.items():
-        keep = t is not None and t.dim() >= 2 and t.shape[1] == params.batch
-        fields[name] = t[:, lo:hi].contiguous() if keep else t
-    return type(params)(**fields)
-
-
-def _window_spec(cfg: PretrainConfig) -> Any:
-    from radengine.ops.hu_window import WindowSpec
-
-    a = cfg.augment
-    return WindowSpec.parse(a.intensity, repeat=a.repeat, mean=a.mean, std=a.std)
-
-
-def _step_seed(seed: int, step: int, source: int) -> int:
-    # splitmix-style mixing so neighbouring steps get unrelated streams
-    z = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + source * 0x94D049BB133111EB) & (
-        2**63 - 1
-    )
-    z ^= z >> 31
-    return int(z % (2**62))
-
-
-# ----------------------------------------------------------------------------- kNN monitor
-
-
-@torch.no_grad()
-def knn_monitor(
-    cfg: PretrainConfig,
-    encoder: nn.Module,
-    store: Store,
-    domain: str,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> float | None:
-    """Weighted kNN accuracy (k, T from cfg.knn) of held-out labels on frozen features.
-
-    Bank: up to ``knn.bank`` labelled training samples; queries: up to ``knn.queries`` of
-    ``knn.split``. Both are fixed subsets (seeded), so epochs compare like with like.
-    None when the store has no labelled samples in one of the two splits."""
-    from radengine.ops.augment import augment_views
-
-    k = cfg.knn
-    rng = np.random.default_rng(12345)
-
-    def pick(split: str, n: int) -> np.ndarray:
-        idx = store.select(split, seed=cfg.data.split_seed, labelled=True)
-        if len(idx) > n:
-            idx = np.sort(rng.choice(idx, n, replace=False))
-        return idx
-
-    bank_idx, query_idx = pick("train", k.bank), pick(k.split, k.queries)
-    if len(bank_idx) == 0 or len(query_idx) == 0:
-        return None
-    was_training = encoder.training
-    encoder.eval()
-    low = dtype in (torch.bfloat16, torch.float16)
-    autocast = torch.autocast(device.type, dtype=dtype) if low else contextlib.nullcontext()
-
-    def features(idx: np.ndarray) -> Tensor:
-        out = []
-        for lo in range(0, len(idx), 256):
-            x = torch.from_numpy(store.images(idx[lo : lo + 256])).to(device)
-            (v,), _ = augment_views(
-                x,
-                "none",
-                views=1,
-                size=cfg.augment.size,
-                intensity=cfg.augment.intensity,
-                repeat=cfg.augment.repeat,
-                mean=cfg.augment.mean,
-                std=cfg.augment.std,
-                dtype=dtype,
-            )
-            with autocast:
-                f = encoder.forward_features(v).float()
-            out.append(nn.functional.normalize(f, dim=1))
-        return torch.cat(out)
-
-    try:
-        bank, queries = features(bank_idx), features(query_idx)
-    finally:
-        encoder.train(was_training)
-    bank_labels = torch.from_numpy(store.index["label"][bank_idx].astype(np.int64)).to(device)
-    query_labels = torch.from_numpy(store.index["label"][query_idx].astype(np.int64)).to(device)
-    pred = weighted_knn(queries, bank, bank_labels, k.k, k.temperature)
-    return float((pred == query_labels).float().mean())
-
-
-def weighted_knn(
-    queries: Tensor, bank: Tensor, bank_labels: Tensor, k: int, temperature: float
-) -> Tensor:
-    """Predicted labels: each of the k nearest (cosine) neighbours votes exp(sim / T).
-
-    Args:
-        queries: (Q, D) L2-normalised features.
-        bank: (N, D) L2-normalised features.
-        bank_labels: (N,) int64 labels in [0, C).
-    Returns:
-        (Q,) int64 predictions.
-    """
-    num_classes = int(bank_labels.max()) + 1
-    k = min(k, bank.shape[0])
-    sim = queries @ bank.T
-    top, idx = sim.topk(k, dim=1)
-    votes = torch.zeros(queries.shape[0], num_classes, device=queries.device)
-    votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp())
-    return votes.argmax(1)
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -569,61 +143,6 @@ class _State:
     checkpoints: list[dict[str, float]] = field(default_factory=list)
     init_norm: float = float("nan")
     resume_changes: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _run_name(cfg: PretrainConfig) -> str:
-    if cfg.tracking.run_name:
-        return cfg.tracking.run_name
-    domains = "+".join(
-        dict.fromkeys(s.domain for s in cfg.stages)
-        if cfg.stages
-        else [cfg.data.domain] + [m.domain for m in cfg.data.mix]
-    )
-    return f"{cfg.method}-{cfg.model.arch}-{domains}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def _resolve_out(
-    cfg: PretrainConfig, resume: str | None
-) -> tuple[Path, dict[str, Any] | None, dict[str, list[Any]]]:
-    """The run folder and, when resuming, the checkpoint state to continue from and the
-    remedy keys (RESUME_REMEDY_KEYS) the resume changes, as ``{key: [old, new]}``."""
-    if resume:
-        path = Path(resume)
-        if path.is_dir():
-            folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-            found = checkpoint.latest(folder)
-            if found is None:
-                raise PretrainError(f"--resume {resume}: no checkpoint in {folder}")
-            ckpt_path, state = found
-        else:
-            try:
-                state = checkpoint.load(path)
-            except checkpoint.CheckpointError as exc:
-                raise PretrainError(f"--resume: {exc}") from None
-            ckpt_path = path
-        out = ckpt_path.parent.parent
-        saved = config_mod.config_from_dict(state["config"])
-        a, b = (
-            config_mod._flat(config_mod.to_dict(saved)),
-            config_mod._flat(config_mod.to_dict(cfg)),
-        )
-        remedies = config_mod.diff(saved, cfg, ignore=RESUME_FREE_KEYS)
-        changed = [k for k in remedies if k not in RESUME_REMEDY_KEYS]
-        if changed:
-            detail = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
-            raise PretrainError(
-                f"--resume {resume}: the checkpoint {ckpt_path} is from another config "
-                f"({detail}). Resume with the run's own config ({out / 'config.yaml'}) or "
-                "start a new run"
-            )
-        return out, state, {k: [a.get(k), b.get(k)] for k in remedies}
-    out = Path(cfg.train.out) if cfg.train.out else Path("runs") / _run_name(cfg)
-    if checkpoint.find(out / "checkpoints"):
-        raise PretrainError(
-            f"{out} already holds checkpoints of a run; continue it with --resume {out} or "
-            "choose another train.out"
-        )
-    return out, None, {}
 
 
 def pretrain(
@@ -673,24 +192,24 @@ class _Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
 
-        out, state, changes = _resolve_out(cfg, resume) if dist_info.main else (None, None, {})
+        out, state, changes = resolve_out(cfg, resume) if dist_info.main else (None, None, {})
         out = distributed.broadcast_object(str(out) if out else None)
         self.out = Path(out)
         if dist_info.main:  # before the data and model are built: fail in seconds
-            _check_writable(self.out)
+            check_writable(self.out)
         # every rank reads the checkpoint itself (same file system assumed, as torchrun jobs)
         if resume and not dist_info.main:
-            _, state, changes = _resolve_out(cfg, resume)
+            _, state, changes = resolve_out(cfg, resume)
         self.resume_state = state
         self.resume_changes = changes
 
         try:  # the augmentation options fail here, not at the first step
-            self.window = _window_spec(cfg)
+            self.window = window_spec(cfg)
         except ValueError as exc:
             raise PretrainError(f"augment: {exc}") from None
-        self.stages = _build_stages(cfg, dist_info)
+        self.stages = build_stages(cfg, dist_info)
         domains = {s.domain for st in self.stages for s in st.sources}
-        chans = {_channels(cfg, dom) for dom in domains}
+        chans = {channels(cfg, dom) for dom in domains}
         if len(chans) > 1:
             raise PretrainError(
                 "mixed CT and natural images need the same channel count: set "
@@ -702,7 +221,7 @@ class _Trainer:
         first = self.stages[0].steps_per_epoch
         self.warmup_steps = min(self.total_steps, round(cfg.optim.warmup_epochs * first))
 
-        self.amp = _amp_dtype(cfg, self.device)
+        self.amp = amp_dtype(cfg, self.device)
         self.view_dtype = self.amp if self.amp is not None else torch.float32
         cl = cfg.model.channels_last
         self.channels_last = cl if cl is not None else not cfg.model.arch.startswith("vit")
@@ -720,9 +239,9 @@ class _Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = model
-        self.view_plan = _ViewPlan.of(cfg, model)
-        self.lr = _resolved_lr(cfg)
-        self.optimizer = _optimizer(cfg, model, self.lr)
+        self.view_plan = ViewPlan.of(cfg, model)
+        self.lr = resolved_lr(cfg)
+        self.optimizer = build_optimizer(cfg, model, self.lr)
         self.scheduler = WarmupCosine(
             self.optimizer, self.total_steps, self.warmup_steps, cfg.optim.final_lr_fraction
         )
@@ -737,7 +256,7 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = torch.compile(model) if cfg.model.compile else model
-        self.tracker = self._tracker()
+        self.tracker = open_tracker(cfg, dist_info.main)
         self._knn_warned = False
         self._bar: Any = None  # the tqdm bar while one is shown (rank 0, train.progress)
 
@@ -808,16 +327,6 @@ class _Trainer:
         ]
         return bool(torch.stack(flags).all()) if flags else True
 
-    def _config_text(self) -> str:
-        """config.yaml: the config the run continues with, the remedy changes of its
-        resumes as comments on top (the history, while the file stays loadable)."""
-        head = [
-            f"# resumed at step {c['step']}: "
-            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in c["changes"].items())
-            for c in self.state.resume_changes
-        ]
-        return "".join(line + "\n" for line in head) + config_mod.dump_yaml(self.cfg)
-
     def _param_norm(self) -> float:
         norms = [p.detach().float().norm() for p in self.module.parameters()]
         return float(torch.stack(norms).norm()) if norms else 0.0
@@ -850,7 +359,9 @@ class _Trainer:
             # keeps them once. A signal at the last step still finishes the run, so this
             # encoder.pt is never removed as a preempted run's would be.
             prefix = self._encoder_prefix()
-            checkpoint.atomic_write(self.out / "encoder.pt", _state_bytes(self.module.encoder))
+            checkpoint.atomic_write(
+                self.out / "encoder.pt", checkpoint.state_bytes(self.module.encoder)
+            )
             model = {k: v for k, v in model.items() if not k.startswith(prefix)}
             encoder_keys = {"encoder_file": "encoder.pt", "encoder_prefix": prefix}
         payload = {
@@ -949,35 +460,9 @@ class _Trainer:
 
     # -- tracking
 
-    def _tracker(self):
-        from radengine import tracking
-
-        cfg = self.cfg
-        enabled = cfg.tracking.enabled and self.dist.main
-        if enabled and not tracking.mlflow_available():
-            raise PretrainError(
-                "MLflow is not installed: pip install 'radengine[tracking]', or run with "
-                "--tracking none"
-            )
-        return tracking.Tracker(cfg.tracking.uri, cfg.tracking.experiment, enabled=enabled)
-
     def _start_tracking(self) -> None:
-        cfg = self.cfg
-        fractions = ",".join(str(s.fraction) for st in self.stages for s in st.sources)
-        tags = {
-            **cfg.tracking.tags,
-            "study": cfg.study,
-            "stage": "pretrain",
-            "domain": "+".join(dict.fromkeys(s.domain for st in self.stages for s in st.sources)),
-            "method": cfg.method,
-            "arch": cfg.model.arch,
-            "init": "scratch",
-            "data_fraction": fractions,
-            "seed": cfg.seed,
-            "out": str(self.out),
-        }
-        params = config_mod.to_dict(cfg)
-        params["resolved"] = {
+        s = self.state
+        resolved = {
             "lr": self.lr,
             "world_size": self.dist.world_size,
             "steps_per_epoch": ",".join(str(st.steps_per_epoch) for st in self.stages),
@@ -987,39 +472,21 @@ class _Trainer:
             "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
             "device": self.device.type,
         }
-        if self.state.run_id is not None:
-            # MLflow params are write-once: a resume may change only the keys that do not
-            # alter the computation (RESUME_FREE_KEYS) and the remedies (RESUME_REMEDY_KEYS,
-            # and so the resolved lr); keep the first run's values for them. Remedy changes
-            # go to a tag, which may change.
-            params = _drop_keys(params, (*RESUME_FREE_KEYS, *RESUME_REMEDY_KEYS, "resolved.lr"))
-            tags["resumed_at_step"] = self.state.step
-            if self.state.resume_changes:
-                tags["resume_changes"] = json.dumps(self.state.resume_changes)
-        run_id = self.tracker.start(
-            run_name=self.out.name,
-            tags=tags,
-            params=params,
-            run_id=self.state.run_id,
-            system_metrics=cfg.tracking.system_metrics,
+        run_id = start_run(
+            self.tracker,
+            self.cfg,
+            self.stages,
+            self.out,
+            resolved,
+            run_id=s.run_id,
+            step=s.step,
+            resume_changes=s.resume_changes,
         )
-        if run_id is not None and self.state.run_id is None:
-            self.tracker.log_dict(config_mod.to_dict(cfg), "config.yaml")
-            for st in self.stages:
-                for s in st.sources:
-                    self.tracker.log_dataset(
-                        name=f"{s.domain}:{s.store.path.name}",
-                        path=str(s.store.path),
-                        digest=s.store.digest(),
-                        num_samples=len(s.indices),
-                        fraction=s.fraction,
-                        domain=s.domain,
-                    )
         self.state.run_id = distributed.broadcast_object(run_id)
 
     # -- the loop
 
-    def _stage_of(self, epoch: int) -> _Stage:
+    def _stage_of(self, epoch: int) -> Stage:
         e = epoch
         for st in self.stages:
             if e < st.epochs:
@@ -1027,7 +494,7 @@ class _Trainer:
             e -= st.epochs
         return self.stages[-1]
 
-    def _batches(self, stage: _Stage, epoch: int, start: int) -> Iterator[list[dict[str, Tensor]]]:
+    def _batches(self, stage: Stage, epoch: int, start: int) -> Iterator[list[dict[str, Tensor]]]:
         # DataLoader draws its workers' base seed from the global RNG; keep that draw out
         # of the training RNG stream so a resumed run continues it exactly.
         with torch.random.fork_rng(devices=[]):
@@ -1078,7 +545,7 @@ class _Trainer:
             # what a killed writer left (a SIGKILL mid-checkpoint) only fills the disk
             for folder in (self.out, self.out / "checkpoints"):
                 remove_temp_files(folder)
-            _write_if_changed(self.out / "config.yaml", self._config_text().encode())
+            write_if_changed(self.out / "config.yaml", config_text(cfg, s.resume_changes).encode())
         self._start_tracking()
         if self.dist.main:
             what = " + ".join(src.describe() for src in self.stages[0].sources)
@@ -1236,7 +703,7 @@ class _Trainer:
         # Rank 0 has written everything: only now may the other ranks exit. Under torchrun a
         # rank that exits non-zero (a preempted run) makes the agent kill the rest, which
         # must not catch rank 0 mid-write.
-        _barrier()
+        distributed.barrier()
         return result
 
     def _finish(
@@ -1277,7 +744,7 @@ class _Trainer:
             if status == "KILLED":
                 (self.out / "encoder.pt").unlink(missing_ok=True)
             elif s.step < self.total_steps:  # at the schedule's end the checkpoint wrote it
-                checkpoint.atomic_write(self.out / "encoder.pt", _state_bytes(encoder))
+                checkpoint.atomic_write(self.out / "encoder.pt", checkpoint.state_bytes(encoder))
             if cfg.tracking.log_model and status != "KILLED":
                 example = np.zeros(
                     (1, self.in_chans, cfg.augment.size, cfg.augment.size), "float32"
@@ -1337,13 +804,13 @@ class _Trainer:
         )
 
     def _step(
-        self, stage: _Stage, batch: list[dict[str, Tensor]], stop: bool = False
+        self, stage: Stage, batch: list[dict[str, Tensor]], stop: bool = False
     ) -> tuple[float, bool]:
         """One training step. Returns the global mean loss and whether any rank asked to
         stop (``stop``: this rank got a preemption signal); both come from one all-reduce,
         so every rank sees the same values at the same step."""
         cfg, s = self.cfg, self.state
-        views = _views(
+        views = step_views(
             cfg,
             self.view_plan,
             stage,
@@ -1438,76 +905,6 @@ def _window_label(first: int, last: int, finite: int) -> str:
     text = f"mean of steps {first}-{last}"
     left_out = last - first + 1 - finite
     return text + (f", {left_out} non-finite left out" if left_out else "")
-
-
-def _check_writable(out: Path) -> None:
-    """Fail fast, naming ``out``, when the run folder cannot be created or written (read-only
-    or full file system, no permission, a file in the way). Folders made for the check are
-    removed again, so a run that fails later to start leaves nothing behind."""
-    created: list[Path] = []
-    probe = out / f".radengine-write-test-{os.getpid()}"
-    try:
-        missing = []
-        p = out
-        while not p.exists() and p != p.parent:
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            d.mkdir(exist_ok=True)
-            created.append(d)
-        with open(probe, "wb") as f:  # a little data, synced: a full disk fails here
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)
-        if exc.filename is not None and Path(exc.filename) in (probe, out):
-            exc = OSError(exc.errno, exc.strerror)  # the message names the folder already
-        raise PretrainError(
-            f"cannot write the run folder {out}: {describe_os_error(exc)}. The run folder "
-            "is set by --out (train.out)"
-        ) from None
-    finally:
-        for d in reversed(created):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-
-
-def _barrier() -> None:
-    """Wait for every rank (nothing without a process group)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _write_if_changed(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically unless it already holds ``data``: a resume of an unchanged
-    run must not need disk space (a nearly full disk) to rewrite its config."""
-    with contextlib.suppress(OSError):
-        if path.read_bytes() == data:
-            return
-    checkpoint.atomic_write(path, data)
-
-
-def _drop_keys(tree: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """``tree`` without the dotted ``keys`` (whole subtrees for prefixes)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if k in keys:
-            continue
-        inner = tuple(x[len(k) + 1 :] for x in keys if x.startswith(k + "."))
-        out[k] = _drop_keys(v, inner) if isinstance(v, dict) and inner else v
-    return out
-
-
-def _state_bytes(module: nn.Module) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
-    return buf.getvalue()
 
 
 class _SignalFlag:

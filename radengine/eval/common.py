@@ -44,7 +44,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None: fp32). ``auto``: bf16 on CUDA and on CPUs that compute
     bf16 natively (AVX512-BF16/AMX), else fp32 (as pretraining chooses)."""
     if precision == "auto":
-        from radengine.engine.trainer import cpu_has_native_bf16
+        from radengine.engine.setup import cpu_has_native_bf16
 
         native = device.type == "cuda" or cpu_has_native_bf16()
         precision = "bf16" if native else "fp32"

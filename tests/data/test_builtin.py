@@ -135,7 +135,7 @@ def test_pretraining_never_sees_validation_or_test_patients(tmp_path, monkeypatc
 
     from radengine.config import load_pretrain_config
     from radengine.engine import distributed
-    from radengine.engine.trainer import _build_stages
+    from radengine.engine.stages import build_stages
     from radengine.eval.tasks import build_task
 
     monkeypatch.setenv("RADENGINE_CACHE", str(tmp_path / "cache"))
@@ -144,7 +144,7 @@ def test_pretraining_never_sees_validation_or_test_patients(tmp_path, monkeypatc
     dist = distributed.DistInfo(0, 1, 0, torch.device("cpu"), False)
     for overrides in (["optim.batch_size=8"], ["optim.batch_size=8", "stages=[{epochs: 1}]"]):
         cfg = load_pretrain_config(overrides=[*overrides, "data.workers=0"])
-        stages = _build_stages(cfg, dist)
+        stages = build_stages(cfg, dist)
         store = stages[0].sources[0].store
         assert store.path.parent == tmp_path / "cache"
         task = build_task(store, "body_region", "linear")

@@ -517,7 +517,7 @@ def _open_with(reader: str, path: Path):
 
         return StoreLoader(path, batch_size=1)
     if reader == "pretrain":
-        from radengine.engine.trainer import open_store
+        from radengine.engine.stages import open_store
 
         return open_store("ct", str(path), progress=False)
     if reader == "analysis":

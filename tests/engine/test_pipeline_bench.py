@@ -37,7 +37,7 @@ def _settings(store, **kw) -> pb.BenchSettings:
 
 def test_both_pipelines_produce_measurements(ct_store, tmp_path):
     s = _settings(ct_store)
-    from radengine.engine.trainer import cpu_has_native_bf16
+    from radengine.engine.setup import cpu_has_native_bf16
 
     ours_dtype = "bfloat16" if cpu_has_native_bf16() else "float32"  # precision auto
     assert s.domain == "ct" and s.dtype == ours_dtype and s.shape == "resnet18 b8 24px w1"
@@ -200,7 +200,7 @@ def test_every_method_runs_in_both_pipelines(ct_store, method):
     assert s.method == method and s.shape.startswith(f"{method} resnet18 b8 24px")
     results = pb.measure(s)
     assert all(math.isfinite(r.loss) for r in results.values())
-    from radengine.engine.trainer import build_model
+    from radengine.engine.setup import build_model
 
     cfg = pb.config(s)
     plan = pb._plan(cfg, build_model(cfg, 3))

@@ -19,7 +19,9 @@ from torch import nn
 from radengine.config import load_pretrain_config
 from radengine.data.builtin import write_synthetic_ct_store, write_synthetic_natural_store
 from radengine.engine import checkpoint
-from radengine.engine.trainer import PretrainError, pretrain, weighted_knn
+from radengine.engine.errors import PretrainError
+from radengine.engine.monitor import weighted_knn
+from radengine.engine.trainer import pretrain
 from radengine.models import register_model
 
 # A tiny run: ResNet-18 on 32 px views, batch 8, no kNN, no tracking, in-process loading.
@@ -232,13 +234,13 @@ def test_a_nan_input_is_skipped_without_a_trace(ct_store, tmp_path, monkeypatch)
     # next checkpoint is refused ("the weights are not finite") and the run dies.
     from radengine.engine import trainer
 
-    real = trainer._views
+    real = trainer.step_views
 
     def views(cfg, plan, stage, batches, step, *args):
         v1, v2 = real(cfg, plan, stage, batches, step, *args)
         return [v1 * float("nan"), v2] if step == 2 else [v1, v2]
 
-    monkeypatch.setattr(trainer, "_views", views)
+    monkeypatch.setattr(trainer, "step_views", views)
     out = tmp_path / "run"
     r = pretrain(
         _cfg(
@@ -503,7 +505,7 @@ def test_an_output_folder_under_a_file_fails_before_data_and_model(ct_store, tmp
     def never(*_a, **_k):
         raise AssertionError("built data or model before checking the output folder")
 
-    monkeypatch.setattr(trainer, "_build_stages", never)
+    monkeypatch.setattr(trainer, "build_stages", never)
     monkeypatch.setattr(trainer, "build_model", never)
     (tmp_path / "a-file").write_text("x")
     out = tmp_path / "a-file" / "run"
@@ -524,7 +526,7 @@ def test_a_full_disk_fails_before_data_and_model_and_leaves_nothing(
     def full(_fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trainer, "_build_stages", never)
+    monkeypatch.setattr(trainer, "build_stages", never)
     monkeypatch.setattr(os, "fsync", full)
     out = tmp_path / "new" / "run"
     with pytest.raises(PretrainError, match=rf"cannot write the run folder {out}: .*no space left"):
@@ -670,7 +672,7 @@ def test_torch_compile_trains_like_eager(ct_store, tmp_path, nobn):
 def test_grad_clip_bounds_the_update(ct_store, tmp_path, nobn):
     # plain SGD (no momentum or decay): one step moves the weights by lr * clipped grad, whose
     # global norm is at most grad_clip
-    from radengine.engine.trainer import build_model
+    from radengine.engine.setup import build_model
 
     lr, clip = 0.5, 1e-4
     cfg = _cfg(

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from radengine.engine.monitor import weighted_knn
 from radengine.engine.optim import LARS
-from radengine.engine.trainer import weighted_knn
 from radengine.eval.knn import knn_scores
 from radengine.eval.linear import (
     cosine_factor,

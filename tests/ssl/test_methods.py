@@ -274,7 +274,7 @@ def test_every_method_ships_a_ct_and_an_imagenet_config():
 def test_each_method_config_is_its_papers_recipe(path):
     """The shipped recipes load, take the method's recipe under them, and their views are
     valid augmentations (built on a tiny backbone: the view plan depends on the options)."""
-    from radengine.engine.trainer import _ViewPlan
+    from radengine.engine.views import ViewPlan
 
     cfg = load_pretrain_config(path)
     assert cfg.data.domain == ("natural" if "imagenet" in path.name else "ct")
@@ -285,7 +285,7 @@ def test_each_method_config_is_its_papers_recipe(path):
     for key, value in recipe.items():
         if key not in yaml_keys:
             assert given[key] == value, key
-    plan = _ViewPlan.of(cfg, ssl.build(cfg, Tiny()))
+    plan = ViewPlan.of(cfg, ssl.build(cfg, Tiny()))
     assert len(plan.specs) == len(plan.sizes) >= 2 and plan.sizes[0] == cfg.augment.size
     if cfg.method == "dino":
         assert plan.sizes[2:] == (96,) * 8 and cfg.model.proj_dim == 65536

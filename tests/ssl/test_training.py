@@ -152,7 +152,7 @@ def test_simclr_is_the_two_view_loop_it_was(ct_store, tmp_path):
     from radengine.data.loader import StoreLoader
     from radengine.data.store import Store
     from radengine.engine.optim import LARS, WarmupCosine, param_groups, scaled_lr
-    from radengine.engine.trainer import _step_seed
+    from radengine.engine.views import step_seed
     from radengine.models import create_model
     from radengine.ops import nt_xent
     from radengine.ops.augment import AugmentSpec, augment_views, sample_params
@@ -188,7 +188,7 @@ def test_simclr_is_the_two_view_loop_it_was(ct_store, tmp_path):
         batches = iter(loader.epoch(0, 0))
     for step in range(steps):
         x = next(batches)["image"]
-        p = sample_params(spec, 2, 8, tuple(x.shape[1:3]), window, seed=_step_seed(0, step, 0))
+        p = sample_params(spec, 2, 8, tuple(x.shape[1:3]), window, seed=step_seed(0, step, 0))
         (v1, v2), _ = augment_views(x, spec, views=2, size=32, intensity="minmax", repeat=3,
                                     params=p, channels_last=True)  # fmt: skip
         z = model.projector(model.backbone.forward_features(torch.cat([v1, v2])))

@@ -53,7 +53,7 @@ def test_vit_pretraining_then_every_evaluation(store, tmp_path, method):
     assert "pos_embed" in encoder and "cls_token" in encoder
     if method == "mocov3":  # the random patch projection stayed as initialised
         from radengine.config import load_pretrain_config
-        from radengine.engine.trainer import build_model
+        from radengine.engine.setup import build_model
 
         cfg = load_pretrain_config(overrides=[f"method={method}", *VIT, *HEADS[method]])
         torch.manual_seed(cfg.seed)  # the trainer's init
