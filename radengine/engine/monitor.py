@@ -23,11 +23,14 @@ def knn_monitor(
     domain: str,
     device: torch.device,
     dtype: torch.dtype,
+    *,
+    channels_last: bool = False,
 ) -> float | None:
     """Weighted kNN accuracy (k, T from cfg.knn) of held-out labels on frozen features.
 
     Bank: up to ``knn.bank`` labelled training samples; queries: up to ``knn.queries`` of
     ``knn.split``. Both are fixed subsets (seeded), so epochs compare like with like.
+    ``channels_last``: the images in the encoder's memory format (as the trainer's views).
     None when the store has no labelled samples in one of the two splits."""
     from radengine.ops.augment import augment_views
 
@@ -62,6 +65,7 @@ def knn_monitor(
                 mean=cfg.augment.mean,
                 std=cfg.augment.std,
                 dtype=dtype,
+                channels_last=channels_last,
             )
             with autocast:
                 f = encoder.forward_features(v).float()

@@ -517,13 +517,21 @@ class _Trainer:
             for ld in st.loaders:
                 ld.close()
 
+    def _recipe_note(self) -> str:
+        """Where the method's quick-run settings replaced part of its paper's recipe."""
+        from radengine import ssl
+
+        if self.cfg.recipe != "quick" or not ssl.method_class(self.cfg.method).QUICK:
+            return ""
+        return (f"\n  {self.cfg.method}'s quick-run settings over its paper's recipe (config.yaml "
+                "has them all; recipe=paper for the published recipe)")  # fmt: skip
+
     def _knn(self) -> None:
         if not self.dist.main or self.cfg.knn.every <= 0:
             return
         src = self.stages[-1].sources[0]
-        acc = knn_monitor(
-            self.cfg, self.module.encoder, src.store, src.domain, self.device, self.view_dtype
-        )
+        acc = knn_monitor(self.cfg, self.module.encoder, src.store, src.domain, self.device,
+                          self.view_dtype, channels_last=self.channels_last)  # fmt: skip
         if acc is None:
             if not self._knn_warned:
                 self._say(
@@ -556,6 +564,7 @@ class _Trainer:
                 + (f", {self.dist.world_size} ranks" if self.dist.distributed else "")
                 + (f"; resuming at step {s.step}" if not fresh else "")
                 + f"; run folder {self.out}"
+                + self._recipe_note()
             )
         if fresh and cfg.knn.every > 0:
             self._knn()

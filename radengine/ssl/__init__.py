@@ -2,7 +2,8 @@
 
 ``method_class(name)`` imports and returns a method's class (a :class:`Method`), whose
 ``recipe`` is layered under the user's config when a pretraining config is loaded
-(``radengine.config``: defaults <- recipe <- YAML <- overrides); ``check(cfg)`` checks the
+(``radengine.config``: defaults <- recipe, with the method's ``QUICK`` settings over it when
+the config's ``recipe`` is ``quick`` <- YAML <- overrides); ``check(cfg)`` checks the
 ``ssl.*`` keys given for it; ``build(cfg, backbone)`` makes the method's module.
 ``radengine list methods`` prints :data:`METHODS` with each method's summary.
 """

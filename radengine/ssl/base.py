@@ -43,7 +43,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Method", "MomentumMethod", "MomentumOptions", "ProjectorMethod", "TwoViewOptions", "View", "check_views",
+__all__ = ["QUICK_LARS", "QUICK_MOMENTUM", "Method", "MomentumMethod", "MomentumOptions", "ProjectorMethod",
+           "TwoViewOptions", "View", "check_views",
            "cosine_schedule", "ema_update", "frozen_copy", "project_with"]  # fmt: skip
 
 # BYOL's asymmetric views (Grill et al. 2020, table 6), also MoCo v3's, Barlow Twins', VICReg's
@@ -53,6 +54,19 @@ __all__ = ["Method", "MomentumMethod", "MomentumOptions", "ProjectorMethod", "Tw
 ASYMMETRIC_VIEWS = [{"blur_p": 1.0, "solarize_p": 0.0}, {"blur_p": 0.1, "solarize_p": 0.2}]
 # MoCo v2's (and SimSiam's): blur with p 0.5 on both views, no solarization.
 BLUR_HALF_VIEWS = [{"blur_p": 0.5}, {"blur_p": 0.5}]
+
+
+# The quick run's optimizer for the LARS methods: SimCLR's small-batch rule (Chen et al.
+# 2020, appendix B.1: lr 0.075 sqrt(batch), better than linear scaling at small batches and
+# short schedules), the quick run's SimCLR lr (0.85 at batch 128). Linear scaling from the
+# papers' batch of 4096 gives 0.1 (BYOL) at 128: too small a LARS step to move a random
+# ResNet in a few hundred steps.
+QUICK_LARS = {"name": "lars", "lr_scaling": "sqrt", "lr_base": 0.075}
+# A step of a method with a momentum teacher costs ~1.6x SimCLR's (a teacher forward pass per
+# view, one forward pass per view): 2 epochs (42 steps on the built-in CT) keep its quick run
+# near 2.5 minutes on 2 CPU cores; and the teacher's EMA horizon must be inside the run
+# (1 / (1 - 0.99) = 100 steps; BYOL's and DINO's 0.996 is 250 steps, longer than the run).
+QUICK_MOMENTUM: dict[str, Any] = {"optim": {**QUICK_LARS, "epochs": 2}, "ssl": {"momentum": 0.99}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +127,11 @@ class Method(nn.Module):
     Options: ClassVar[type] = NoOptions
     # The paper's values of shared config keys, as nested dicts ({"optim": {"name": ...}}).
     RECIPE: ClassVar[dict[str, Any]] = {}
+    # The quick run's settings (config ``recipe: quick``, the default), over the recipe: what
+    # the defaults' run (ResNet-18, 96 px, batch 128 on the built-in CT, 2 CPU cores) needs
+    # to learn visibly in under 5 minutes where the paper's schedule-bound values (an EMA
+    # horizon longer than the whole run, 8 local crops) do not fit. Empty: the paper's.
+    QUICK: ClassVar[dict[str, Any]] = {}
 
     backbone: nn.Module
 
@@ -127,6 +146,13 @@ class Method(nn.Module):
         ``ssl`` option at its default. ``data`` is the config as given (a method whose paper
         gives different values per backbone reads ``data["model"]["arch"]``)."""
         return {"ssl": dataclasses.asdict(cls.Options()), **copy.deepcopy(cls.RECIPE)}
+
+    @classmethod
+    def quick(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The quick-run settings layered over the recipe when the config's ``recipe`` is
+        ``quick``: ``QUICK`` on the quick run's backbones (ResNet-18/34); a ResNet-50 or a
+        ViT takes its paper's recipe (``QUICK``'s LARS is no ViT optimizer)."""
+        return copy.deepcopy(cls.QUICK) if small_backbone(data) else {}
 
     # -- views
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from radengine.ssl.base import MomentumMethod, MomentumOptions, check_views
+from radengine.ssl.base import QUICK_MOMENTUM, MomentumMethod, MomentumOptions, check_views
 from radengine.ssl.losses import byol_loss
 
 __all__ = ["BYOL"]
@@ -42,6 +42,7 @@ class BYOL(MomentumMethod):
         "optim": {"name": "lars", "lr_scaling": "linear", "lr_base": 0.2,
                   "weight_decay": 1.5e-6},
     }  # fmt: skip
+    QUICK = QUICK_MOMENTUM
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         """Two (n, C, H, W) views -> () l(q1, z2') + l(q2, z1'), means over the n rows.

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from radengine.ssl.base import (
     ASYMMETRIC_VIEWS,
+    QUICK_LARS,
     Method,
     View,
     cosine_schedule,
@@ -151,6 +152,12 @@ class DINO(Method):
         "optim": {"name": "adamw", "lr_scaling": "linear", "lr_base": 0.0005,
                   "weight_decay": 0.04, "weight_decay_end": 0.4, "grad_clip": 3.0},
     }  # fmt: skip
+    # the quick run: solo-learn's ResNet-18 optimizer (LARS, weight decay 1e-6) at SimCLR's
+    # small-batch LARS step, a teacher horizon inside the run, 2 local crops, 2 epochs
+    QUICK: ClassVar[dict[str, Any]] = {
+        "optim": {**QUICK_LARS, "epochs": 2, "weight_decay": 1e-6, "weight_decay_end": None},
+        "ssl": {"momentum": 0.99, "local_crops_number": 2},
+    }
 
     @classmethod
     def recipe(cls, data: Mapping[str, Any]) -> dict[str, Any]:

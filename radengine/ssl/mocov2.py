@@ -67,6 +67,9 @@ class MoCoV2(ProjectorMethod):
         "optim": {"name": "sgd", "lr_scaling": "linear", "lr_base": 0.03, "momentum": 0.9,
                   "weight_decay": 1e-4},
     }  # fmt: skip
+    # the quick run: a queue smaller than the built-in CT's 2,766 training slices (65536
+    # keys would hold each image ~24 times, most of them from long-gone encoders)
+    QUICK: ClassVar[dict[str, Any]] = {"ssl": {"queue_size": 1024}}
 
     def __init__(self, backbone: nn.Module, cfg: Any) -> None:
         super().__init__(backbone, cfg)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from radengine.ssl.barlowtwins import wide_projector_recipe
-from radengine.ssl.base import ProjectorMethod, TwoViewOptions, check_views
+from radengine.ssl.base import QUICK_LARS, ProjectorMethod, TwoViewOptions, check_views
 from radengine.ssl.losses import vicreg_loss
 
 __all__ = ["VICReg"]
@@ -49,6 +49,8 @@ class VICReg(ProjectorMethod):
         "model": {"proj_dim": 8192, "proj_hidden": 8192, "proj_layers": 3, "proj_bn": True},
         "optim": {"name": "lars", "lr_scaling": "linear", "lr_base": 0.2, "weight_decay": 1e-6},
     }  # fmt: skip
+    # the quick run: as Barlow Twins'
+    QUICK: ClassVar[dict[str, Any]] = {"optim": {**QUICK_LARS, "epochs": 3}}
 
     @classmethod
     def recipe(cls, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -549,6 +549,8 @@ def test_row_labels_and_ambiguous_rows():
     [
         ({"method": "simclr", "data": {"domain": "ct"}}, "simclr ct"),
         ({"method": "simclr", "data": {"domain": "ct", "fraction": 0.1}}, "simclr ct 10%"),
+        ({"method": "byol", "data": {"domain": "ct"}}, "byol ct"),
+        ({"method": "dino", "data": {"domain": "ct", "fraction": 0.1}}, "dino ct 10%"),
         (
             {"method": "simclr", "data": {"domain": "ct"},
              "stages": [{"domain": "natural", "epochs": 3}, {"domain": "ct", "epochs": 3}]},

@@ -36,6 +36,8 @@ class Tiny(nn.Module):
         return self.net(x)
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SMALL = {  # small heads for every method (the recipes' 4096-65536 wide heads are slow here)
     "simclr": ["model.proj_dim=8"],
     "mocov2": ["model.proj_dim=8", "ssl.queue_size=24", "optim.batch_size=8"],
@@ -73,7 +75,7 @@ def _flat(d, prefix=""):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_the_recipe_is_layered_under_the_users_config(method, tmp_path):
     cls = method_class(method)
-    cfg = load_pretrain_config(overrides=[f"method={method}"])
+    cfg = load_pretrain_config(overrides=[f"method={method}", "recipe=paper"])
     assert cfg.ssl == dataclasses.asdict(cls.Options())
     recipe = _flat(cls.recipe(to_dict(cfg)))
     given = _flat(to_dict(cfg))
@@ -95,21 +97,50 @@ def test_the_recipe_is_layered_under_the_users_config(method, tmp_path):
 
 
 def test_the_recipes_are_the_papers():
-    byol = _cfg("byol")
+    byol = _cfg("byol", "recipe=paper")
     assert (byol.optim.name, byol.optim.lr_scaling, byol.optim.lr_base) == ("lars", "linear", 0.2)
     assert byol.ssl["momentum"] == 0.996 and byol.ssl["pred_hidden"] == 32  # SMALL's
-    dino = load_pretrain_config(overrides=["method=dino", "model.arch=resnet50"])
+    dino = load_pretrain_config(overrides=["method=dino", "model.arch=resnet50", "recipe=paper"])
     assert (dino.model.proj_dim, dino.loss.temperature, dino.optim.name) == (65536, 0.1, "adamw")
     # ResNet-18/34 take solo-learn's narrower heads
-    assert load_pretrain_config(overrides=["method=dino"]).model.proj_dim == 4096
+    assert load_pretrain_config(overrides=["method=dino", "recipe=paper"]).model.proj_dim == 4096
     for method in ("barlowtwins", "vicreg"):
-        rn18 = load_pretrain_config(overrides=[f"method={method}"]).model
-        rn50 = load_pretrain_config(overrides=[f"method={method}", "model.arch=resnet50"]).model
+        rn18 = load_pretrain_config(overrides=[f"method={method}", "recipe=paper"]).model
+        rn50 = load_pretrain_config(
+            overrides=[f"method={method}", "model.arch=resnet50", "recipe=paper"]
+        ).model
         assert (rn18.proj_dim, rn18.proj_hidden, rn50.proj_dim, rn50.proj_hidden) == (
             2048, 2048, 8192, 8192)  # fmt: skip
     assert (dino.optim.weight_decay, dino.optim.weight_decay_end, dino.optim.grad_clip) == (
         0.04, 0.4, 3.0)  # fmt: skip
     assert dino.ssl["local_crops_number"] == 8 and dino.ssl["teacher_temp"] == 0.04
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_the_quick_run_takes_the_methods_quick_settings(method, tmp_path):
+    """``recipe: quick`` (the default: the quick CPU run) layers the method's QUICK over its
+    paper's recipe; ``recipe: paper`` leaves it out; what the user sets wins over both."""
+    cls = method_class(method)
+    quick = load_pretrain_config(overrides=[f"method={method}"])
+    paper = load_pretrain_config(overrides=[f"method={method}", "recipe=paper"])
+    q, p = _flat(to_dict(quick)), _flat(to_dict(paper))
+    want = _flat(cls.QUICK)
+    assert quick.ssl == {**paper.ssl, **want.get("ssl", {})}
+    for key in q:
+        if key not in ("ssl", "recipe"):
+            assert q[key] == want.get(key, p[key]), key
+    for key, value in want.items():  # the user's value wins over the quick run's
+        if key != "ssl" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            mine = load_pretrain_config(overrides=[f"method={method}", f"{key}={value * 2}"])
+            assert _flat(to_dict(mine))[key] == value * 2
+    # a ResNet-50 or a ViT takes its paper's recipe: the quick settings are the ResNet-18's
+    for arch in ("resnet50", "vit_small_patch16"):
+        big = [f"method={method}", f"model.arch={arch}"]
+        paper_big = load_pretrain_config(overrides=[*big, "recipe=paper"])
+        assert load_pretrain_config(overrides=big) == dataclasses.replace(paper_big, recipe="quick")
+    # the shipped full-scale configs take the papers' recipes
+    shipped = load_pretrain_config(ROOT / "experiments" / "pretrain" / f"{method}_ct.yaml")
+    assert shipped.recipe == "paper"
 
 
 def test_simclr_is_the_defaults_it_always_had():
@@ -120,7 +151,7 @@ def test_simclr_is_the_defaults_it_always_had():
 
 
 def test_moco_v3_recipe_follows_the_backbone():
-    rn = load_pretrain_config(overrides=["method=mocov3"])
+    rn = load_pretrain_config(overrides=["method=mocov3", "recipe=paper"])
     vit = load_pretrain_config(overrides=["method=mocov3", "model.arch=vit_small_patch16"])
     assert (rn.loss.temperature, rn.model.proj_layers, rn.optim.name) == (1.0, 2, "lars")
     assert (vit.loss.temperature, vit.model.proj_layers, vit.optim.name) == (0.2, 3, "adamw")

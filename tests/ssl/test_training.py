@@ -6,19 +6,30 @@ method-agnostic trainer replaced."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from radengine.config import load_pretrain_config
 from radengine.data.builtin import write_synthetic_ct_store
 from radengine.engine import checkpoint
 from radengine.engine.trainer import pretrain
-from radengine.ssl import METHODS
-from tests.engine.test_trainer import TINY, _free_port, ddp_rank_env, kill_9_after_checkpoint
+from radengine.models import register_model
+from radengine.ssl import METHODS, method_class
+from tests.engine.test_trainer import (  # noqa: F401 (nobn: a fixture)
+    TINY,
+    _free_port,
+    ddp_rank_env,
+    kill_9_after_checkpoint,
+    nobn,
+)
 from tests.ssl.test_methods import SMALL
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +47,13 @@ def _cfg(store: Path, out: Path, method: str, *extra: str):
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "simclr"])
-def test_each_method_trains_through_the_trainer(ct_store, tmp_path, method):
+def test_each_method_trains_through_the_trainer(ct_store, tmp_path, capsys, method):
     out = tmp_path / method
     r = pretrain(_cfg(ct_store, out, method, "train.max_steps=3"))
     assert r.steps == 3 and r.loss == r.loss  # finite (not NaN)
+    # the first line says when the method's quick-run settings are in the recipe
+    said = "quick-run settings over its paper's recipe" in capsys.readouterr().err
+    assert said == bool(method_class(method).QUICK)
     assert (out / "encoder.pt").exists()
     state = checkpoint.load(checkpoint.find(out / "checkpoints")[-1])
     text = (out / "config.yaml").read_text()
@@ -58,26 +72,68 @@ def test_each_method_trains_through_the_trainer(ct_store, tmp_path, method):
 # ----------------------------------------------------------------------------- resume
 
 
+class TinyBN(nn.Module):
+    """Two strided convolutions with BatchNorm: running statistics in the online network and
+    in its EMA teacher, for a few milliseconds a step (what is tested is the method's state,
+    not the backbone's)."""
+
+    feature_dim = 16
+
+    def __init__(self, in_chans: int = 3, **_: object) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_chans, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def register_tiny_bn() -> None:
+    """``model.arch=test_tinybn`` in this process (the kill -9 run's, too)."""
+    from radengine.models import registry
+
+    if "test_tinybn" not in registry._MODELS:
+        register_model("test_tinybn")(lambda **kw: TinyBN(**kw))
+
+
+@pytest.fixture
+def tiny_bn(monkeypatch):
+    from radengine.models import registry
+
+    monkeypatch.setitem(registry._MODELS, "test_tinybn", lambda **kw: TinyBN(**kw))
+
+
+def _pretrain_cli(*args: str) -> list[str]:
+    """``radengine pretrain ARGS`` in a fresh interpreter that knows ``test_tinybn``."""
+    code = ("import sys; from tests.ssl.test_training import register_tiny_bn; "
+            "register_tiny_bn(); from radengine.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    return [sys.executable, "-c", code, "pretrain", *args]
+
+
 @pytest.mark.parametrize("method", ["byol", "mocov2", "dino"])
-def test_kill_9_then_resume_gives_the_uninterrupted_state(ct_store, tmp_path, method):
+def test_kill_9_then_resume_gives_the_uninterrupted_state(ct_store, tmp_path, tiny_bn,
+                                                          monkeypatch, method):  # fmt: skip
     """Teachers, queues, centers and their schedules are in the checkpoint: a run killed
-    after step 8 and resumed ends with every tensor of the uninterrupted run's step 12."""
-    extra = ["train.max_steps=12", f"method={method}", *SMALL[method]]
+    after step 8 and resumed ends with every tensor of the uninterrupted run's step 24
+    (BatchNorm statistics of the online network and of the teacher included). The tiny
+    backbone's steps take milliseconds: 16 steps after the kill point leave the killer time."""
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    extra = [*TINY, f"data.store={ct_store}", "train.max_steps=24", f"method={method}",
+             *SMALL[method], "model.arch=test_tinybn"]  # fmt: skip
     full = tmp_path / "full"
-    pretrain(load_pretrain_config(overrides=[*TINY, f"data.store={ct_store}",
-                                             f"train.out={full}", *extra]))  # fmt: skip
+    pretrain(load_pretrain_config(overrides=[*extra, f"train.out={full}"]))
     killed = tmp_path / "killed"
-    args = [sys.executable, "-m", "radengine.cli", "pretrain", *TINY, f"data.store={ct_store}",
-            f"train.out={killed}", *extra]  # fmt: skip
-    kill_9_after_checkpoint(args, killed, step=8)
-    pretrain(
-        load_pretrain_config(overrides=[*TINY, f"data.store={ct_store}", f"train.out={killed}",
-                                        *extra]),
-        resume=str(killed),
-    )  # fmt: skip
-    a = checkpoint.load(full / "checkpoints" / "step-00000012.pt")["model"]
-    b = checkpoint.load(killed / "checkpoints" / "step-00000012.pt")["model"]
+    kill_9_after_checkpoint(_pretrain_cli(*extra, f"train.out={killed}"), killed, step=8)
+    pretrain(load_pretrain_config(overrides=[*extra, f"train.out={killed}"]), resume=str(killed))
+    a = checkpoint.load(full / "checkpoints" / "step-00000024.pt")["model"]
+    b = checkpoint.load(killed / "checkpoints" / "step-00000024.pt")["model"]
     assert a.keys() == b.keys()
+    assert any("running_mean" in k for k in a)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
 
@@ -112,18 +168,21 @@ EXTRA: dict[str, tuple[str, ...]] = {
 }
 
 
+@pytest.mark.usefixtures("nobn", "one_thread")
 @pytest.mark.parametrize("method", ["mocov2", "mocov3", "barlowtwins", "vicreg", "dino"])
 def test_two_gloo_ranks_equal_one_process(ct_store, tmp_path, method):
     """The methods with cross-rank statistics (a queue of every rank's keys, keys of the
     global batch, global standardisation and cross-correlation, global variance and
     covariance, the center): 2 processes on half batches = 1 process on the whole batch,
     in the loss and in every tensor of the model (teachers, queue, center included)."""
-    for world, name in ((2, "ddp"), (1, "one")):
-        torch.multiprocessing.spawn(
-            _worker, args=(world, _free_port(), str(ct_store), str(tmp_path / name), method,
-                           *EXTRA.get(method, ())),
-            nprocs=world,
-        )  # fmt: skip
+    torch.multiprocessing.spawn(
+        _worker, args=(2, _free_port(), str(ct_store), str(tmp_path / "ddp"), method,
+                       *EXTRA.get(method, ())),
+        nprocs=2,
+    )  # fmt: skip
+    # the whole batch in this process (no process group: what a single-GPU run does)
+    r = pretrain(_cfg(ct_store, tmp_path / "one", method, *DDP, *EXTRA.get(method, ())))
+    (tmp_path / "one" / "loss-0.json").write_text(json.dumps(r.loss))
     one = checkpoint.load(checkpoint.find(tmp_path / "one" / "checkpoints")[-1])["model"]
     two = checkpoint.load(checkpoint.find(tmp_path / "ddp" / "checkpoints")[-1])["model"]
     assert one.keys() == two.keys()

@@ -142,8 +142,16 @@ def _capture(args: list[str]) -> str:
 
 
 def test_without_tracking_two_at_a_time(store, env, capsys):
+    """Also a study whose init names a method: DINO (multi-crop, its teacher's backbone is
+    what transfers) pretrains with its recipe and its row is named by the init."""
     spec = env / "tiny.yaml"
-    spec.write_text(SPEC.format(store=store, steps=2))
+    dino = (
+        "{data: ct, method: dino, overrides: {model.proj_dim: 64, model.proj_hidden: 32, "
+        "ssl.bottleneck_dim: 8, ssl.local_crops_number: 2, ssl.local_crops_size: 20}}"
+    )
+    spec.write_text(
+        SPEC.format(store=store, steps=2).replace("simclr: {data: ct}", f"dino: {dino}")
+    )
     args = ["study", "run", str(spec), "--tracking", "none", "--jobs", "2"]
     assert main(args) == 0
     out = env / "runs" / "study" / "tiny"
@@ -152,7 +160,9 @@ def test_without_tracking_two_at_a_time(store, env, capsys):
     assert (out / "report" / "report.txt").is_file()
     assert len(list(out.glob("*/results.json"))) == 2
     with open(out / "report" / "report.csv") as f:  # not the pretraining's folder path
-        assert {c["row"] for c in csv.DictReader(f)} == {"scratch", "simclr"}
+        assert {c["row"] for c in csv.DictReader(f)} == {"scratch", "dino"}
+    (pre,) = out.glob("pretrain-dino-*")
+    assert "method: dino" in (pre / "config.yaml").read_text()
     capsys.readouterr()
     assert main(args) == 0
     assert "3 done, 0 to run" in capsys.readouterr().out

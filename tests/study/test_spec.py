@@ -295,6 +295,11 @@ def test_the_methods_study_pretrains_each_method_with_its_recipe():
     assert set(jobs) == set(METHODS)
     for name, job in jobs.items():
         assert job.config["method"] == name
+    # each method's quick run: its paper's recipe with the quick-run settings over it
     assert jobs["mocov2"].config["ssl"]["queue_size"] == 1024
-    assert jobs["byol"].config["optim"]["lr_scaling"] == "linear"
-    assert jobs["dino"].config["optim"]["name"] == "adamw"
+    assert jobs["byol"].config["optim"]["lr_scaling"] == "sqrt"
+    assert jobs["byol"].config["ssl"]["momentum"] == 0.99
+    assert jobs["dino"].config["optim"]["name"] == "lars"
+    epochs = {name: job.config["optim"]["epochs"] for name, job in jobs.items()}
+    assert epochs == {"simclr": 6, "mocov2": 6, "simsiam": 4, "barlowtwins": 3, "vicreg": 3,
+                      "mocov3": 2, "byol": 2, "dino": 2}  # fmt: skip
