@@ -58,9 +58,8 @@ BLUR_HALF_VIEWS = [{"blur_p": 0.5}, {"blur_p": 0.5}]
 
 # The quick run's optimizer for the LARS methods: SimCLR's small-batch rule (Chen et al.
 # 2020, appendix B.1: lr 0.075 sqrt(batch), better than linear scaling at small batches and
-# short schedules), the quick run's SimCLR lr (0.85 at batch 128). Linear scaling from the
-# papers' batch of 4096 gives 0.1 (BYOL) at 128: too small a LARS step to move a random
-# ResNet in a few hundred steps.
+# short schedules), the quick run's SimCLR lr (0.85 at batch 128), where linear scaling from
+# the papers' batch of 4096 gives 0.1 (BYOL, Barlow Twins, VICReg) for a run of ~50 steps.
 QUICK_LARS = {"name": "lars", "lr_scaling": "sqrt", "lr_base": 0.075}
 # A step of a method with a momentum teacher costs ~1.6x SimCLR's (a teacher forward pass per
 # view, one forward pass per view): 2 epochs (42 steps on the built-in CT) keep its quick run
@@ -128,9 +127,10 @@ class Method(nn.Module):
     # The paper's values of shared config keys, as nested dicts ({"optim": {"name": ...}}).
     RECIPE: ClassVar[dict[str, Any]] = {}
     # The quick run's settings (config ``recipe: quick``, the default), over the recipe: what
-    # the defaults' run (ResNet-18, 96 px, batch 128 on the built-in CT, 2 CPU cores) needs
-    # to learn visibly in under 5 minutes where the paper's schedule-bound values (an EMA
-    # horizon longer than the whole run, 8 local crops) do not fit. Empty: the paper's.
+    # the defaults' run (ResNet-18, 96 px, batch 128 on the built-in CT, 2 CPU cores) changes
+    # to finish in under 5 minutes and give the method its best chance to learn in a few
+    # dozen steps, where the paper's values are bound to its schedule and batch (an EMA
+    # horizon longer than the whole run, 8 local crops). Empty: the paper's recipe.
     QUICK: ClassVar[dict[str, Any]] = {}
 
     backbone: nn.Module
