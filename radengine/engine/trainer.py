@@ -521,7 +521,8 @@ class _Trainer:
         """Where the method's quick-run settings replaced part of its paper's recipe."""
         from radengine import ssl
 
-        if self.cfg.recipe != "quick" or not ssl.method_class(self.cfg.method).QUICK:
+        quick = ssl.method_class(self.cfg.method).quick(config_mod.to_dict(self.cfg))
+        if self.cfg.recipe != "quick" or not quick:
             return ""
         return (f"\n  {self.cfg.method}'s quick-run settings over its paper's recipe (config.yaml "
                 "has them all; recipe=paper for the published recipe)")  # fmt: skip

@@ -138,6 +138,15 @@ def test_kill_9_then_resume_gives_the_uninterrupted_state(ct_store, tmp_path, ti
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
+def test_only_the_quick_runs_backbones_say_quick_settings(ct_store, tmp_path, tiny_bn, capsys):
+    """A backbone other than ResNet-18/34 takes the paper's recipe, and the run says nothing
+    of quick-run settings (BYOL has them on ResNet-18: test_each_method_trains_...)."""
+    cfg = _cfg(ct_store, tmp_path / "run", "byol", "model.arch=test_tinybn", "train.max_steps=1")
+    assert cfg.recipe == "quick" and cfg.ssl["momentum"] == 0.996  # the paper's
+    pretrain(cfg)
+    assert "quick-run settings" not in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- DDP (gloo)
 
 DDP = [
