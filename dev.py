@@ -428,6 +428,13 @@ def quickstart(*, reinstall: bool = False, dry_run: bool = False) -> int:
     return 0
 
 
+def pytest_parallel() -> list[str]:
+    """pytest-xdist workers, one per core up to 4 (`dev.py test -n 0` turns them off, e.g.
+    for --pdb: pytest takes the last -n), and the 15 slowest tests listed at the end."""
+    workers = min(4, os.cpu_count() or 1)
+    return [*(["-n", str(workers)] if workers > 1 else []), "--durations=15"]
+
+
 def test(pytest_args: Sequence[str], *, reinstall: bool = False, dry_run: bool = False) -> int:
     """What CI runs: radengine info, ruff check, ruff format --check, python -m pytest -q."""
     t0 = time.monotonic()
@@ -442,7 +449,11 @@ def test(pytest_args: Sequence[str], *, reinstall: bool = False, dry_run: bool =
     checks = [
         ("ruff check", [ruff, "check", "."], f"{ruff} check --fix . fixes most"),
         ("ruff format --check", [ruff, "format", "--check", "."], f"{ruff} format . fixes it"),
-        ("pytest", [py, "-m", "pytest", "-q", *pytest_args], "the failures are listed above"),
+        (
+            "pytest",
+            [py, "-m", "pytest", "-q", *pytest_parallel(), *pytest_args],
+            "the failures are listed above",
+        ),
     ]
     failed = []
     for title, cmd, fix in checks:

@@ -12,6 +12,16 @@ if not torch.cuda.is_available():
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# Under pytest-xdist (`python3 dev.py test` runs a worker per core) the cores are shared:
+# each worker's intra-op threads get its share, so that workers do not oversubscribe them.
+# OMP_NUM_THREADS too, for the subprocesses a test starts: a run killed in a subprocess and
+# resumed must reduce in the same order (thread count) as the in-process run it is compared
+# with, bit for bit.
+if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    _threads = max(1, (os.cpu_count() or 1) // _workers)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 
 @pytest.fixture
 def gen(request) -> torch.Generator:

@@ -243,8 +243,10 @@ def test_dry_run_quickstart_prints_every_step_and_runs_nothing(fake_root, capsys
     assert not (fake_root / ".venv").exists()
 
 
-def test_dry_run_test_is_what_ci_ran(fake_root, monkeypatch, capsys):
+@pytest.mark.parametrize(("cores", "parallel"), [(2, "-n 2 "), (64, "-n 4 "), (1, "")])
+def test_dry_run_test_is_what_ci_ran(fake_root, monkeypatch, capsys, cores, parallel):
     monkeypatch.setenv("RADENGINE_TORCH", "torch==2.13.0+cu130 --index-url https://x/cu130")
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: cores)
     assert dev.main(["test", "--dry-run", "-k", "linear"]) == 0
     out = capsys.readouterr().out
     steps = [line.strip()[2:] for line in out.splitlines() if line.strip().startswith("$ ")]
@@ -254,7 +256,7 @@ def test_dry_run_test_is_what_ci_ran(fake_root, monkeypatch, capsys):
         ".venv/bin/radengine info",
         ".venv/bin/ruff check .",
         ".venv/bin/ruff format --check .",
-        ".venv/bin/python -m pytest -q -k linear",
+        f".venv/bin/python -m pytest -q {parallel}--durations=15 -k linear",
     ]
 
 
@@ -284,7 +286,8 @@ def test_a_failing_check_of_test_exits_1_after_running_the_others(fake_root, mon
 
     monkeypatch.setattr(dev.subprocess, "run", fake_run)
     assert dev.main(["test"]) == 1
-    assert [c[-1] if c[-1] != "." else c[1] for c in ran] == ["info", "check", "format", "-q"]
+    assert [c[-1] if c[-1] != "." else c[1] for c in ran][:3] == ["info", "check", "format"]
+    assert ran[3][1:4] == ["-m", "pytest", "-q"] and len(ran) == 4
     err = capsys.readouterr().err
     assert "ruff format --check" in err and "format ." in err and "Traceback" not in err
 
