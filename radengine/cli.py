@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -315,7 +316,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if knn:
         lines.append(
             f"  kNN monitor    {percent(knn[0][1], 1)} at step {knn[0][0]} -> "
-            f"{percent(knn[-1][1], 1)} at step {knn[-1][0]} (held-out labels)"
+            f"{percent(knn[-1][1], 1)} at step {knn[-1][0]} ({_knn_noise(knn, result.knn_queries)})"
         )
     lines.append(f"  run folder     {result.out} (config.yaml, checkpoints/, encoder.pt)")
     if result.checkpoint:
@@ -331,6 +332,16 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         lines.append("  open it with   radengine ui   (it prints the URL to open)")
     print("\n".join(lines))
     return 0
+
+
+def _knn_noise(knn: list[tuple[int, float]], queries: int | None) -> str:
+    """The kNN monitor's resolution: its query count and the binomial standard error of the
+    last accuracy, so that a change within it is read as noise."""
+    if not queries:
+        return "held-out labels"
+    acc = knn[-1][1]
+    se = 100 * math.sqrt(acc * (1 - acc) / queries)
+    return f"{queries} held-out labels, standard error {se:.1f} points"
 
 
 def _is_main_rank() -> bool:

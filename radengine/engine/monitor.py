@@ -4,6 +4,7 @@ features, run during pretraining (``knn.*``)."""
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,7 +13,14 @@ from torch import Tensor, nn
 from radengine.config import PretrainConfig
 from radengine.data.store import Store
 
-__all__ = ["knn_monitor", "weighted_knn"]
+__all__ = ["KnnScore", "knn_monitor", "weighted_knn"]
+
+
+class KnnScore(NamedTuple):
+    """A kNN monitor pass: the accuracy (a fraction) on ``queries`` held-out samples."""
+
+    accuracy: float
+    queries: int
 
 
 @torch.no_grad()
@@ -25,7 +33,7 @@ def knn_monitor(
     dtype: torch.dtype,
     *,
     channels_last: bool = False,
-) -> float | None:
+) -> KnnScore | None:
     """Weighted kNN accuracy (k, T from cfg.knn) of held-out labels on frozen features.
 
     Bank: up to ``knn.bank`` labelled training samples; queries: up to ``knn.queries`` of
@@ -79,7 +87,7 @@ def knn_monitor(
     bank_labels = torch.from_numpy(store.index["label"][bank_idx].astype(np.int64)).to(device)
     query_labels = torch.from_numpy(store.index["label"][query_idx].astype(np.int64)).to(device)
     pred = weighted_knn(queries, bank, bank_labels, k.k, k.temperature)
-    return float((pred == query_labels).float().mean())
+    return KnnScore(float((pred == query_labels).float().mean()), len(query_idx))
 
 
 def weighted_knn(

@@ -83,8 +83,9 @@ class PretrainResult:
     ``loss`` is the mean training loss over the run's last logging window (``train.log_every``
     steps or fewer), the value the progress bar shows last and the last ``train/loss`` (and
     ``final/loss``) metric; ``loss_label`` says which steps it averages, for display next to
-    it. ``knn`` holds (step, accuracy) pairs as fractions in [0, 1]; ``data_wait`` is a
-    fraction of the wall time (print both as percents).
+    it. ``knn`` holds (step, accuracy) pairs as fractions in [0, 1], on ``knn_queries``
+    held-out samples (None when no pass ran in this process); ``data_wait`` is a fraction of
+    the wall time (print both as percents).
 
     ``images_per_second`` and ``data_wait`` are over the whole call (start-up and kNN passes
     included); ``extra["step_times"]`` holds (data wait, step) seconds of every step this
@@ -105,6 +106,7 @@ class PretrainResult:
     epochs: float
     loss: float
     knn: list[tuple[int, float]]
+    knn_queries: int | None
     seconds: float
     images_per_second: float
     data_wait: float
@@ -258,6 +260,7 @@ class _Trainer:
         self.model = torch.compile(model) if cfg.model.compile else model
         self.tracker = open_tracker(cfg, dist_info.main)
         self._knn_warned = False
+        self._knn_queries: int | None = None  # the monitor's held-out samples, once it ran
         self._bar: Any = None  # the tqdm bar while one is shown (rank 0, train.progress)
 
     def _say(self, message: str) -> None:
@@ -531,9 +534,9 @@ class _Trainer:
         if not self.dist.main or self.cfg.knn.every <= 0:
             return
         src = self.stages[-1].sources[0]
-        acc = knn_monitor(self.cfg, self.module.encoder, src.store, src.domain, self.device,
-                          self.view_dtype, channels_last=self.channels_last)  # fmt: skip
-        if acc is None:
+        score = knn_monitor(self.cfg, self.module.encoder, src.store, src.domain, self.device,
+                            self.view_dtype, channels_last=self.channels_last)  # fmt: skip
+        if score is None:
             if not self._knn_warned:
                 self._say(
                     f"kNN monitor skipped: {src.store.path} has no labelled samples in the "
@@ -541,6 +544,7 @@ class _Trainer:
                 )
                 self._knn_warned = True
             return
+        acc, self._knn_queries = score
         self.state.knn.append((self.state.step, acc))
         self.tracker.log_metrics({"knn/accuracy": acc}, step=self.state.step)
         self._say(f"kNN monitor at step {self.state.step}: {percent(acc, 1)} ({src.domain} labels)")
@@ -773,6 +777,7 @@ class _Trainer:
             epochs=s.epoch + s.step_in_epoch / max(1, self._stage_of(s.epoch).steps_per_epoch),
             loss=loss,
             knn=list(s.knn),
+            knn_queries=self._knn_queries,
             seconds=seconds,
             images_per_second=images / max(seconds, 1e-9),
             data_wait=wait / max(seconds, 1e-9),

@@ -18,6 +18,7 @@ from torch import nn
 
 from radengine.config import load_pretrain_config
 from radengine.data.builtin import write_synthetic_ct_store, write_synthetic_natural_store
+from radengine.data.store import Store
 from radengine.engine import checkpoint
 from radengine.engine.errors import PretrainError
 from radengine.engine.monitor import weighted_knn
@@ -455,7 +456,22 @@ def test_knn_monitor_reports_held_out_accuracy(ct_store, tmp_path):
     r = pretrain(_cfg(ct_store, tmp_path / "run", "knn.every=1", "train.max_steps=3"))
     # before training, and on the final weights of a run stopped before its epoch's end
     assert [step for step, _ in r.knn] == [0, 3]
-    assert all(0.0 <= acc <= 1.0 for _, acc in r.knn)
+    # every labelled val sample is a query (fewer than knn.queries), and an accuracy counts them
+    queries = len(Store(ct_store).select("val", seed=0, labelled=True))
+    assert r.knn_queries == queries > 0
+    assert all(abs(acc * queries - round(acc * queries)) < 1e-6 for _, acc in r.knn)
+
+
+def test_the_knn_summary_gives_its_resolution():
+    """The run's last lines say how many held-out labels the monitor has and the binomial
+    standard error of its accuracy: 342 queries at 87.7% cannot resolve a 1-point change."""
+    from radengine.cli import _knn_noise
+
+    assert _knn_noise([(0, 0.877), (42, 0.851)], 342) == (
+        "342 held-out labels, standard error 1.9 points"
+    )
+    assert _knn_noise([(0, 0.5)], 100) == "100 held-out labels, standard error 5.0 points"
+    assert _knn_noise([(0, 0.5)], None) == "held-out labels"
 
 
 def _screen(text: str) -> list[str]:
