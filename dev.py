@@ -428,10 +428,18 @@ def quickstart(*, reinstall: bool = False, dry_run: bool = False) -> int:
     return 0
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask; os.cpu_count() off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def pytest_parallel() -> list[str]:
-    """pytest-xdist workers, one per core up to 4 (`dev.py test -n 0` turns them off, e.g.
-    for --pdb: pytest takes the last -n), and the 15 slowest tests listed at the end."""
-    workers = min(4, os.cpu_count() or 1)
+    """pytest-xdist workers, one per usable core up to 4 (`dev.py test -n 0` turns them off,
+    e.g. for --pdb: pytest takes the last -n), and the 15 slowest tests listed at the end."""
+    workers = min(4, usable_cores())
     return [*(["-n", str(workers)] if workers > 1 else []), "--durations=15"]
 
 

@@ -18,7 +18,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # resumed must reduce in the same order (thread count) as the in-process run it is compared
 # with, bit for bit.
 if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
-    _threads = max(1, (os.cpu_count() or 1) // _workers)
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    _threads = max(1, (_cores or 1) // _workers)
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
 

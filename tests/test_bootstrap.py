@@ -246,7 +246,7 @@ def test_dry_run_quickstart_prints_every_step_and_runs_nothing(fake_root, capsys
 @pytest.mark.parametrize(("cores", "parallel"), [(2, "-n 2 "), (64, "-n 4 "), (1, "")])
 def test_dry_run_test_is_what_ci_ran(fake_root, monkeypatch, capsys, cores, parallel):
     monkeypatch.setenv("RADENGINE_TORCH", "torch==2.13.0+cu130 --index-url https://x/cu130")
-    monkeypatch.setattr(dev.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(dev, "usable_cores", lambda: cores)
     assert dev.main(["test", "--dry-run", "-k", "linear"]) == 0
     out = capsys.readouterr().out
     steps = [line.strip()[2:] for line in out.splitlines() if line.strip().startswith("$ ")]
